@@ -1,0 +1,404 @@
+"""Mask structures as pure tensor functions.
+
+A mask is a boolean tensor in the weight's own layout, ``True`` = active. Every function takes
+``input_dim``, the index of the reduction (input) dimension of the weight: 1 for ``nn.Linear`` weights
+(``[out, in]``) and 0 for GPT-2's ``Conv1D`` (``[in, out]``), so both share one code path.
+
+A *granule* is the unit that is kept or dropped as a whole: one weight (unstructured), one ``B x B`` block,
+or one weight inside its N:M group / transposable M x M tile. Selection is always exact: a mask for density
+``d`` has exactly `num_active` active weights, never "about" that many.
+
+Nothing here holds state or knows about modules; everything is vectorised (no Python loop over weights,
+blocks, groups or tiles).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import itertools
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple
+
+import torch
+
+KINDS = ("unstructured", "block", "nm", "nm_transposable")
+NORMS = ("l1", "l2", "linf")
+# Transposable N:M searches every valid M x M pattern exhaustively; beyond M=5 the pattern count explodes
+# (M=6, N=3 already has 297,200 patterns).
+MAX_TRANSPOSABLE_M = 5
+
+
+@dataclass(frozen=True)
+class MaskStructure:
+    """Describes the granularity of a mask.
+
+    Args:
+        kind: ``"unstructured"``, ``"block"``, ``"nm"`` or ``"nm_transposable"``.
+        block_size: Block side ``B`` for ``kind="block"``.
+        norm: Block score, ``"l1"``, ``"l2"`` or ``"linf"`` (DynSparse paper, Eq. 1).
+        n: Active weights per group (N:M).
+        m: Group size (N:M) or tile side (transposable N:M).
+
+    Example:
+        >>> MaskStructure("block", block_size=16).describe()
+        'block 16x16 (l1)'
+    """
+
+    kind: str = "unstructured"
+    block_size: int = 1
+    norm: str = "l1"
+    n: int = 2
+    m: int = 4
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"Unknown structure {self.kind!r}; choose one of {', '.join(KINDS)}.")
+        if self.norm not in NORMS:
+            raise ValueError(f"Unknown block norm {self.norm!r}; choose one of {', '.join(NORMS)}.")
+        if self.kind == "block" and self.block_size < 1:
+            raise ValueError(f"block_size={self.block_size!r} must be >= 1.")
+        if self.kind in ("nm", "nm_transposable") and not 0 < self.n < self.m:
+            raise ValueError(f"N:M needs 0 < n < m, got n={self.n}, m={self.m}.")
+        if self.kind == "nm_transposable" and self.m > MAX_TRANSPOSABLE_M:
+            raise ValueError(
+                f"Transposable N:M supports m <= {MAX_TRANSPOSABLE_M} (exhaustive pattern search), got m={self.m}."
+            )
+
+    @classmethod
+    def from_config(cls, config) -> "MaskStructure":
+        """Builds the structure described by a `SparsityConfig` (or anything with the same fields)."""
+        return cls(
+            kind=config.structure,
+            block_size=config.block_size if config.structure == "block" else 1,
+            norm=config.block_norm,
+            n=config.n,
+            m=config.m,
+        )
+
+    @property
+    def fixed_density(self) -> Optional[float]:
+        """The density N:M structures impose (``n/m``), or ``None`` when any density is possible."""
+        return self.n / self.m if self.kind in ("nm", "nm_transposable") else None
+
+    def describe(self) -> str:
+        """A short human-readable name, e.g. ``"2:4"`` or ``"block 16x16 (l1)"``."""
+        if self.kind == "block":
+            return f"block {self.block_size}x{self.block_size} ({self.norm})"
+        if self.kind == "nm":
+            return f"{self.n}:{self.m}"
+        if self.kind == "nm_transposable":
+            return f"{self.n}:{self.m} transposable"
+        return "unstructured"
+
+
+def check_fits(structure: MaskStructure, shape: Sequence[int], input_dim: int, name: str = "weight") -> None:
+    """Raises ``ValueError`` naming ``name`` when ``structure`` cannot tile a weight of ``shape``.
+
+    Args:
+        structure: The mask structure.
+        shape: The 2-D weight shape.
+        input_dim: Index of the input (reduction) dimension, 0 or 1.
+        name: Module name used in the error message.
+    """
+    if len(shape) != 2:
+        raise ValueError(f"{name}: masks need a 2-D weight, got shape {tuple(shape)}.")
+    if input_dim not in (0, 1):
+        raise ValueError(f"{name}: input_dim must be 0 or 1, got {input_dim!r}.")
+    rows, cols = shape
+    if structure.kind == "block":
+        b = structure.block_size
+        if rows % b or cols % b:
+            raise ValueError(f"{name}: block_size={b} does not divide both dimensions of its weight {tuple(shape)}.")
+    elif structure.kind == "nm":
+        if shape[input_dim] % structure.m:
+            raise ValueError(
+                f"{name}: m={structure.m} does not divide the input dimension ({shape[input_dim]}) "
+                f"of its weight {tuple(shape)}."
+            )
+    elif structure.kind == "nm_transposable":
+        if rows % structure.m or cols % structure.m:
+            raise ValueError(
+                f"{name}: transposable {structure.n}:{structure.m} needs m={structure.m} to divide both "
+                f"dimensions of its weight {tuple(shape)}."
+            )
+
+
+def granule_shape(structure: MaskStructure, shape: Sequence[int]) -> Tuple[int, ...]:
+    """Shape of the granule score tensor: ``shape // B`` for blocks, ``shape`` otherwise."""
+    if structure.kind == "block":
+        return (shape[0] // structure.block_size, shape[1] // structure.block_size)
+    return tuple(shape)
+
+
+def num_active(structure: MaskStructure, shape: Sequence[int], density: float) -> int:
+    """Exact number of active *granules* a density allows for a weight of ``shape``.
+
+    Unstructured: ``round(density * numel)``; blocks: ``round(density * n_blocks)``; N:M structures ignore
+    ``density`` and return ``numel * n / m``.
+
+    Example:
+        >>> num_active(MaskStructure(), (4, 4), 0.25)
+        4
+    """
+    if not 0.0 <= density <= 1.0:
+        raise ValueError(f"density={density!r} must be in [0, 1].")
+    numel = int(shape[0]) * int(shape[1])
+    if structure.kind in ("nm", "nm_transposable"):
+        return numel * structure.n // structure.m
+    g = granule_shape(structure, shape)
+    return int(round(density * g[0] * g[1]))
+
+
+def granules_to_elements(structure: MaskStructure, count: int) -> int:
+    """Number of weights covered by ``count`` granules."""
+    return count * structure.block_size**2 if structure.kind == "block" else count
+
+
+def block_scores(scores: torch.Tensor, block_size: int, norm: str = "l1") -> torch.Tensor:
+    """Pools ``|scores|`` over ``B x B`` blocks with the L1, L2 or Linf norm (DynSparse paper, Eq. 1).
+
+    Args:
+        scores: 2-D tensor whose dimensions are multiples of ``block_size``.
+        block_size: Block side ``B``.
+        norm: ``"l1"``, ``"l2"`` or ``"linf"``.
+
+    Returns:
+        A float32 tensor of shape ``[rows // B, cols // B]``.
+    """
+    rows, cols = scores.shape
+    b = block_size
+    blocks = scores.detach().float().abs().reshape(rows // b, b, cols // b, b)
+    if norm == "l1":
+        return blocks.sum(dim=(1, 3))
+    if norm == "l2":
+        return blocks.square().sum(dim=(1, 3)).sqrt()
+    if norm == "linf":
+        return blocks.amax(dim=(1, 3))
+    raise ValueError(f"Unknown block norm {norm!r}; choose one of {', '.join(NORMS)}.")
+
+
+def granule_scores(scores: torch.Tensor, structure: MaskStructure) -> torch.Tensor:
+    """Importance of each granule from an element score tensor (``|w|``, ``|grad|``, random...).
+
+    Blocks are pooled with the structure's norm; other structures score single weights by ``|score|``.
+    """
+    if structure.kind == "block" and structure.block_size > 1:
+        return block_scores(scores, structure.block_size, structure.norm)
+    return scores.detach().float().abs()
+
+
+def topk_granules(scores: torch.Tensor, k: int, allowed: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Boolean mask with exactly ``k`` ``True`` entries at the largest ``scores``.
+
+    Args:
+        scores: Granule scores (any shape).
+        k: Number of granules to select.
+        allowed: Optional boolean tensor of the same shape; only ``True`` positions can be selected.
+
+    Returns:
+        A boolean tensor shaped like ``scores``.
+
+    Example:
+        >>> topk_granules(torch.tensor([[1.0, 4.0], [3.0, 2.0]]), 2)
+        tensor([[False,  True],
+                [ True, False]])
+    """
+    flat = scores.reshape(-1).float()
+    if torch.isnan(flat).any():
+        raise ValueError("Mask scores contain NaN; cannot rank granules.")
+    available = flat.numel() if allowed is None else int(allowed.sum())
+    if not 0 <= k <= available:
+        raise ValueError(f"Cannot select {k} granules: only {available} are available.")
+    if allowed is not None:
+        flat = flat.masked_fill(~allowed.reshape(-1), float("-inf"))
+    out = torch.zeros(flat.numel(), dtype=torch.bool, device=scores.device)
+    if k:
+        out[torch.topk(flat, k, sorted=False).indices] = True
+    return out.view(scores.shape)
+
+
+def expand_granules(granule_mask: torch.Tensor, structure: MaskStructure) -> torch.Tensor:
+    """Expands a granule mask to an element mask (blocks repeat ``B x B`` times; others are unchanged)."""
+    if structure.kind == "block" and structure.block_size > 1:
+        b = structure.block_size
+        return granule_mask.repeat_interleave(b, dim=0).repeat_interleave(b, dim=1)
+    return granule_mask
+
+
+def reduce_to_granules(mask: torch.Tensor, structure: MaskStructure) -> torch.Tensor:
+    """Inverse of `expand_granules`: a block is active when any of its weights is."""
+    if structure.kind == "block" and structure.block_size > 1:
+        b = structure.block_size
+        rows, cols = mask.shape
+        return mask.reshape(rows // b, b, cols // b, b).any(dim=3).any(dim=1)
+    return mask
+
+
+def _input_last(t: torch.Tensor, input_dim: int) -> torch.Tensor:
+    return t.transpose(0, 1) if input_dim == 0 else t
+
+
+def nm_mask(scores: torch.Tensor, n: int, m: int, input_dim: int) -> torch.Tensor:
+    """Keeps the ``n`` largest ``|scores|`` in every group of ``m`` consecutive *input* weights.
+
+    Args:
+        scores: 2-D score tensor in the weight's layout.
+        n, m: The N:M ratio.
+        input_dim: Index of the input dimension (groups run along it).
+
+    Returns:
+        A boolean mask with exactly ``n`` active in each group.
+    """
+    s = _input_last(scores.detach().float().abs(), input_dim)
+    rows, cols = s.shape
+    groups = s.reshape(rows, cols // m, m)
+    mask = torch.zeros_like(groups, dtype=torch.bool)
+    mask.scatter_(-1, torch.topk(groups, n, dim=-1, sorted=False).indices, True)
+    return _input_last(mask.reshape(rows, cols), input_dim)
+
+
+@functools.lru_cache(maxsize=None)
+def _transposable_patterns_cpu(n: int, m: int) -> torch.Tensor:
+    """Every ``m x m`` 0/1 matrix with exactly ``n`` ones per row and per column, as ``[P, m*m]`` bool.
+
+    Built row by row, pruning partial patterns whose column sums already exceed ``n`` (vectorised per row).
+    """
+    choices = torch.tensor(
+        [[j in c for j in range(m)] for c in itertools.combinations(range(m), n)], dtype=torch.bool
+    )
+    partial = choices.unsqueeze(1)  # [P, rows so far, m]
+    for _ in range(m - 1):
+        p, c = partial.shape[0], choices.shape[0]
+        grown = torch.cat(
+            [partial.unsqueeze(1).expand(p, c, -1, m), choices.view(1, c, 1, m).expand(p, c, 1, m)], dim=2
+        ).reshape(p * c, -1, m)
+        partial = grown[grown.sum(dim=1).le(n).all(dim=1)]
+    full = partial[partial.sum(dim=1).eq(n).all(dim=1)]
+    return full.reshape(full.shape[0], m * m)
+
+
+def transposable_patterns(n: int = 2, m: int = 4) -> torch.Tensor:
+    """All valid transposable N:M tile patterns, ``[P, m, m]`` bool (90 for 2:4)."""
+    if m > MAX_TRANSPOSABLE_M:
+        raise ValueError(f"Transposable N:M supports m <= {MAX_TRANSPOSABLE_M}, got m={m}.")
+    return _transposable_patterns_cpu(n, m).view(-1, m, m)
+
+
+def _to_tiles(t: torch.Tensor, m: int) -> torch.Tensor:
+    rows, cols = t.shape
+    return t.reshape(rows // m, m, cols // m, m).permute(0, 2, 1, 3).reshape(-1, m * m)
+
+
+def _from_tiles(tiles: torch.Tensor, shape: Sequence[int], m: int) -> torch.Tensor:
+    rows, cols = shape
+    return tiles.reshape(rows // m, cols // m, m, m).permute(0, 2, 1, 3).reshape(rows, cols)
+
+
+def transposable_nm_mask(scores: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
+    """Transposable N:M mask (NVIDIA sparse-training paper, App. E.2).
+
+    In every ``m x m`` tile, picks the valid pattern (``n`` active per row and per column) with the largest
+    sum of ``|scores|``. All tiles are scored against all patterns with one matrix product, in chunks.
+
+    Args:
+        scores: 2-D score tensor whose dimensions are multiples of ``m``.
+        n, m: The N:M ratio.
+
+    Returns:
+        A boolean mask; the mask and its transpose are both N:M along either dimension.
+    """
+    patterns = _transposable_patterns_cpu(n, m).to(scores.device)
+    pf = patterns.float()
+    tiles = _to_tiles(scores.detach().float().abs(), m)
+    best = torch.empty(tiles.shape[0], dtype=torch.long, device=scores.device)
+    chunk = max(1, (1 << 24) // pf.shape[0])  # bounds the [tiles, patterns] score matrix to ~64 MB
+    for start in range(0, tiles.shape[0], chunk):  # loop over memory chunks, not over tiles
+        best[start : start + chunk] = (tiles[start : start + chunk] @ pf.T).argmax(dim=1)
+    return _from_tiles(patterns[best], scores.shape, m)
+
+
+def select_mask(
+    scores: torch.Tensor, structure: MaskStructure, density: float, input_dim: int
+) -> torch.Tensor:
+    """Mask of the highest-scoring granules, with exactly the count `num_active` gives.
+
+    Args:
+        scores: Element scores in the weight's layout (``weight`` for magnitude pruning, or any score).
+        structure: The mask structure.
+        density: Fraction of granules to keep (ignored by N:M structures).
+        input_dim: Index of the input dimension.
+
+    Returns:
+        A boolean element mask shaped like ``scores``.
+
+    Example:
+        >>> w = torch.tensor([[0.1, -0.9], [0.5, 0.2]])
+        >>> select_mask(w, MaskStructure(), 0.5, input_dim=1)
+        tensor([[False,  True],
+                [ True, False]])
+    """
+    check_fits(structure, scores.shape, input_dim)
+    if structure.kind == "nm":
+        return nm_mask(scores, structure.n, structure.m, input_dim)
+    if structure.kind == "nm_transposable":
+        return transposable_nm_mask(scores, structure.n, structure.m)
+    k = num_active(structure, scores.shape, density)
+    return expand_granules(topk_granules(granule_scores(scores, structure), k), structure)
+
+
+def random_mask(
+    shape: Sequence[int],
+    structure: MaskStructure,
+    density: float,
+    input_dim: int,
+    generator: torch.Generator,
+    device: Optional[torch.device] = None,
+) -> torch.Tensor:
+    """A uniformly random mask of ``structure`` with exact counts, drawn from ``generator``.
+
+    Args:
+        shape: The 2-D weight shape.
+        structure: The mask structure.
+        density: Fraction of granules active (ignored by N:M structures).
+        input_dim: Index of the input dimension.
+        generator: Source of randomness (seeded by the caller for reproducibility).
+        device: Device of the result; must match the generator's device.
+
+    Returns:
+        A boolean element mask.
+    """
+    check_fits(structure, shape, input_dim)
+    device = torch.device(device) if device is not None else generator.device
+    if structure.kind == "nm_transposable":
+        patterns = _transposable_patterns_cpu(structure.n, structure.m).to(device)
+        n_tiles = (shape[0] // structure.m) * (shape[1] // structure.m)
+        idx = torch.randint(patterns.shape[0], (n_tiles,), generator=generator, device=device)
+        return _from_tiles(patterns[idx], shape, structure.m)
+    g_shape = granule_shape(structure, shape)
+    noise = torch.rand(g_shape, generator=generator, device=device)
+    if structure.kind == "nm":
+        return nm_mask(noise, structure.n, structure.m, input_dim)
+    return expand_granules(topk_granules(noise, num_active(structure, shape, density)), structure)
+
+
+def derive_seed(seed: int, *keys) -> int:
+    """A stable 63-bit seed from a base seed and any keys (module name, step...).
+
+    Uses SHA-256 rather than Python's ``hash`` (randomised per process), so every process of a distributed
+    run, and a resumed run, derives the same seed.
+
+    Example:
+        >>> derive_seed(0, "bert.encoder.layer.0.attention.self.query", 100) == derive_seed(
+        ...     0, "bert.encoder.layer.0.attention.self.query", 100)
+        True
+    """
+    text = "\x1f".join(str(k) for k in (seed,) + keys)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+
+
+def make_generator(seed: int, *keys, device: Optional[torch.device] = None) -> torch.Generator:
+    """A ``torch.Generator`` on ``device`` seeded with ``derive_seed(seed, *keys)``."""
+    gen = torch.Generator(device=device if device is not None else "cpu")
+    gen.manual_seed(derive_seed(seed, *keys))
+    return gen
