@@ -80,3 +80,15 @@ def test_unknown_keys_from_newer_version_are_dropped_with_warning(caplog):
 def test_loaded_values_are_validated():
     with pytest.raises(ValueError, match="sparsity=1.5"):
         SparsityConfig.from_dict({"sparsity": 1.5})
+
+
+def test_hf_argument_parser_builds_the_config():
+    # Recipes parse configs with HfArgumentParser: every field must map to a command-line option.
+    from transformers import HfArgumentParser
+
+    (cfg,) = HfArgumentParser(SparsityConfig).parse_args_into_dataclasses(
+        ["--sparsity", "0.75", "--structure", "block", "--block_size", "8", "--target_modules", r".*\.query"],
+    )
+    assert cfg == SparsityConfig(sparsity=0.75, structure="block", block_size=8, target_modules=r".*\.query")
+    (cfg,) = HfArgumentParser(SparsityConfig).parse_dict({"target_modules": ["query", "value"]})
+    assert cfg.target_modules == ["query", "value"]
