@@ -227,3 +227,20 @@ def test_erk_caps_dense_layers_and_keeps_total():
     d = erk_densities(shapes, 0.5)
     assert d["tiny"] == 1.0
     assert d["tiny"] * 16 + d["big"] * 65536 == pytest.approx(0.5 * (16 + 65536))
+
+
+def test_transposable_hand_computed_tile():
+    # Large values sit on a valid 2:4 transposable pattern (sum 65). Row 0's second largest value (8.5 at
+    # column 3) is left out: taking it forces small weights elsewhere (best such pattern sums to 52).
+    w = B([[9.0, 8.0, 0.1, 8.5],
+           [0.2, 0.1, 9.0, 8.0],
+           [8.0, 0.3, 7.0, 0.2],
+           [0.1, 9.0, 0.2, 7.0]])
+    expected = B([[1, 1, 0, 0],
+                  [0, 0, 1, 1],
+                  [1, 0, 1, 0],
+                  [0, 1, 0, 1]]).bool()
+    assert torch.equal(transposable_nm_mask(w, 2, 4), expected)
+    # Row-wise 2:4 (not transposable) takes 8.5 in row 0, and column 3 then has three active weights.
+    greedy = nm_mask(w, 2, 4, 1)
+    assert greedy[0].tolist() == [True, False, False, True] and int(greedy[:, 3].sum()) == 3
