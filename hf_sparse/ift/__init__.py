@@ -11,6 +11,7 @@ Example:
 from .loading import from_pretrained_sparse_ift
 from .modules import SparseDoped, SparseFactorized, SparseParallel, make_activation, make_matrix
 from .sizing import (
+    active_macs,
     doped_rank,
     factorized_rank,
     parallel_branches,
@@ -30,6 +31,7 @@ from .transform import (
 
 __all__ = [
     "CONFIG_KEY",
+    "active_macs",
     "SparseDoped",
     "SparseFactorized",
     "SparseParallel",

@@ -21,6 +21,7 @@ import math
 from ..config import IFT_KINDS, parallel_branches
 
 __all__ = [
+    "active_macs",
     "doped_rank",
     "factorized_rank",
     "parallel_branches",
@@ -116,4 +117,44 @@ def search_space_cardinality(kind: str, d_in: int, d_out: int, sparsity: float, 
         return parallel_branches(_check_sparsity(sparsity)) * d_in * d_out
     if kind == "factorized":
         return factorized_rank(d_in, d_out, sparsity, multiple_of) * (d_in + d_out)
+    raise ValueError(f"kind={kind!r} is not supported; choose 'dense' or one of {', '.join(map(repr, IFT_KINDS))}.")
+
+
+def _active(numel: int, sparsity: float) -> int:
+    # The exact count `structure.num_active` gives an unstructured mask of this density.
+    return int(round((1.0 - sparsity) * numel))
+
+
+def active_macs(kind: str, d_in: int, d_out: int, sparsity: float, multiple_of: int = 1) -> int:
+    """Multiply-accumulates per token (2 FLOPs each) of one ``D_in -> D_out`` layer after a transformation.
+
+    The iso-FLOP property says this is ``D_in * D_out`` up to rounding. Counts are the exact active counts of
+    unstructured masks (``round((1 - s) * numel)`` per sparse matrix) with the sizes the modules are built
+    with, so a built module's FLOPs (`hf_sparse.flops.count`) equal ``2 * tokens * active_macs(...)``. For
+    ``"wide"`` both sizes are widened to the nearest multiple here; whole models widen via `widen_config`.
+
+    Args:
+        kind: ``"dense"``, ``"wide"``, ``"parallel"``, ``"factorized"`` or ``"doped"``.
+        d_in, d_out: The dense layer's sizes. sparsity: ``s``. multiple_of: Size granularity.
+
+    Returns:
+        Active multiply-accumulates per token.
+
+    Example:
+        >>> active_macs("parallel", 768, 768, 0.75) == 768 * 768
+        True
+    """
+    s = _check_sparsity(sparsity)
+    if kind == "dense":
+        return d_in * d_out
+    if kind == "wide":
+        k = wide_factor(s)
+        return _active(round_to_multiple(d_in * k, multiple_of) * round_to_multiple(d_out * k, multiple_of), s)
+    if kind == "parallel":
+        return parallel_branches(s) * _active(d_in * d_out, s)
+    if kind == "factorized":
+        d = factorized_rank(d_in, d_out, s, multiple_of)
+        return _active(d_in * d, s) + _active(d * d_out, s)
+    if kind == "doped":
+        return doped_rank(d_in, d_out, s) * (d_in + d_out) + _active(d_in * d_out, s)
     raise ValueError(f"kind={kind!r} is not supported; choose 'dense' or one of {', '.join(map(repr, IFT_KINDS))}.")
