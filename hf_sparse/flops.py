@@ -22,7 +22,7 @@ matmuls it contains, grouped with the layer it replaced.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from torch import nn
@@ -81,7 +81,7 @@ class ModuleFlops:
     tokens: int
     density: float
     dense_forward: int
-    sparse_forward: int
+    sparse_forward: float  # an exact integer when counted from a mask
 
     @property
     def dense_train(self) -> int:
@@ -156,6 +156,30 @@ class FlopCount:
     def sparse_fraction(self) -> float:
         """Sparse FLOPs over dense FLOPs of the whole model."""
         return self.sparse_forward / self.dense_forward if self.dense_forward else 1.0
+
+    def with_densities(self, densities: Optional[Mapping[str, float]]) -> "FlopCount":
+        """A copy where the weight modules named in ``densities`` (name -> density) have that density.
+
+        Used to account for densities a model does not hold right now (a density history, a planned
+        sparsity); sparse FLOPs become ``dense * density`` (not rounded to a mask count).
+
+        Example:
+            >>> count(model, seq_len=128).with_densities({"bert.encoder.layer.0.output.dense": 0.1}).sparse_train
+        """
+        densities = dict(densities or {})
+        weights = {m.name for m in self.modules if m.op in ("linear", "conv1d")}
+        unknown = sorted(set(densities) - weights)
+        if unknown:
+            raise ValueError(f"Densities given for modules that were not counted: {unknown}.")
+        bad = {n: d for n, d in densities.items() if not 0.0 <= float(d) <= 1.0}
+        if bad:
+            raise ValueError(f"Densities must be in [0, 1], got {bad}.")
+        modules = [
+            replace(m, density=float(densities[m.name]), sparse_forward=m.dense_forward * float(densities[m.name]))
+            if m.name in densities and m.op in ("linear", "conv1d") else m
+            for m in self.modules
+        ]
+        return FlopCount(seq_len=self.seq_len, batch_size=self.batch_size, modules=modules)
 
     def module(self, name: str, op: Optional[str] = None) -> ModuleFlops:
         """The entry of module ``name`` (and ``op`` for attention products)."""
@@ -329,24 +353,6 @@ def transformer_flops(vocab_size: int, hidden_size: int, seq_len: int, num_layer
     return out
 
 
-def _per_step_train_flops(flops: FlopCount, densities: Optional[Mapping[str, float]]) -> float:
-    densities = dict(densities or {})
-    known = {m.name for m in flops.modules if m.op in ("linear", "conv1d")}
-    unknown = sorted(set(densities) - known)
-    if unknown:
-        raise ValueError(f"Densities given for modules that were not counted: {unknown}.")
-    bad = {n: d for n, d in densities.items() if not 0.0 <= float(d) <= 1.0}
-    if bad:
-        raise ValueError(f"Densities must be in [0, 1], got {bad}.")
-    total = 0.0
-    for m in flops.modules:
-        if m.name in densities and m.op in ("linear", "conv1d"):
-            total += m.dense_forward * float(densities[m.name])
-        else:
-            total += m.sparse_forward
-    return TRAIN_FACTOR * total
-
-
 def training_flops(flops: FlopCount, history: Iterable[Tuple[int, Optional[Mapping[str, float]]]]) -> float:
     """Forward + backward FLOPs of a whole run whose layer densities changed along the way.
 
@@ -367,7 +373,7 @@ def training_flops(flops: FlopCount, history: Iterable[Tuple[int, Optional[Mappi
     for steps, densities in history:
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
             raise ValueError(f"steps={steps!r} must be a non-negative integer.")
-        total += steps * _per_step_train_flops(flops, densities)
+        total += steps * flops.with_densities(densities).sparse_train
     return total
 
 

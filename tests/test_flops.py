@@ -162,3 +162,32 @@ def test_mask_search_space_of_a_model():
     sparsify_(model, SparsityConfig(sparsity=0.5))
     assert mask_search_space(model) == sum(m.weight.numel() for m in sparse_modules(model).values())
     assert flops.mask_search_space(tiny_gpt2()) == 0
+
+
+def test_with_densities_is_a_copy():
+    c = count(tiny_gpt2(), seq_len=S)
+    name = "transformer.h.1.attn.c_proj"
+    planned = c.with_densities({name: 0.1})
+    assert planned.module(name).sparse_forward == pytest.approx(0.1 * c.module(name).dense_forward)
+    assert planned.module(name).density == 0.1 and c.module(name).density == 1.0
+    assert planned.dense_forward == c.dense_forward
+    with pytest.raises(ValueError, match="not counted"):
+        c.with_densities({"transformer.h.1.attn": 0.5})  # attention products have no weights
+
+
+def test_cli_flops(capsys):
+    from hf_sparse.cli import main
+
+    args = ["flops", "--model", "gpt2", "--hidden_size", "768", "--num_layers", "12", "--num_heads", "12",
+            "--seq_len", "1024", "--json"]
+    assert main(args) == 0
+    dense = json.loads(capsys.readouterr().out)
+    assert dense["total"]["dense_train"] == transformer_flops(50257, 768, 1024, 12)["total"]
+    assert main(args + ["--sparsity", "0.5", "--wide"]) == 0
+    wide = json.loads(capsys.readouterr().out)
+    assert wide["total"]["sparse_train"] / dense["total"]["sparse_train"] == pytest.approx(1.17, abs=0.01)
+    assert main(["flops", "--model", "bert", "--hidden_size", "64", "--num_heads", "4", "--num_layers", "2",
+                 "--seq_len", "32", "--sparsity", "0.9"]) == 0
+    assert "total" in capsys.readouterr().out
+    assert main(["flops", "--sparsity", "1.5"]) == 2
+    assert "sparsity=1.5" in capsys.readouterr().err
