@@ -16,7 +16,8 @@ Conventions (the papers behind hf_sparse):
 Groups: ``qkv``, ``attn_scores``, ``attn_values``, ``attn_output`` (projection after attention), ``ffn``,
 ``embeddings`` (the LM head / output projection onto the vocabulary; input lookups are free) and ``other``
 (pooler, prediction-head transform, task heads). A Sparse-IFT module is counted through the sparse and dense
-matmuls it contains, grouped with the layer it replaced.
+matmuls it contains, grouped with the layer it replaced; its "dense" FLOPs are those of its matrices held dense
+(e.g. ``k`` times the replaced layer for Sparse Parallel), its sparse FLOPs are the iso-FLOP ones.
 """
 
 from __future__ import annotations

@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch import nn
 from transformers import BertConfig, BertForPreTraining, GPT2Config, GPT2LMHeadModel
-from transformers.pytorch_utils import Conv1D
 
 from hf_sparse import SparseConv1D, SparseLinear, densify_, get_sparsity_config, sparse_modules
 from hf_sparse.config import SparseIFTConfig
