@@ -259,6 +259,9 @@ class SparseIFTConfig(ConfigMixin):
         exclude_modules: Regex or list of names / suffixes removed from the targets.
         seed: Seed of every random choice (masks, initial weights).
 
+    The sparse matrices are ordinary hf_sparse sparse layers, so every dynamic-sparsity algorithm trains them;
+    the paper trains all members with RigL and its default hyperparameters (recommended).
+
     Example:
         >>> cfg = SparseIFTConfig(kind="parallel", sparsity=0.5)   # two 50%-sparse branches per layer
     """
