@@ -72,9 +72,58 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0 if leaked == 0 else 1
 
 
+def _add_flops_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", choices=("gpt2", "bert"), default="gpt2", help="Architecture (LM / pre-training heads).")
+    p.add_argument("--hidden_size", type=int, default=768, help="n_embd / hidden_size.")
+    p.add_argument("--intermediate_size", type=int, default=None, help="n_inner / intermediate_size (4x hidden).")
+    p.add_argument("--num_layers", type=int, default=12)
+    p.add_argument("--num_heads", type=int, default=12)
+    p.add_argument("--vocab_size", type=int, default=None, help="Default: 50257 (GPT-2) / 30522 (BERT).")
+    p.add_argument("--seq_len", type=int, default=1024)
+    p.add_argument("--batch_size", type=int, default=1)
+    p.add_argument("--sparsity", type=float, default=0.0, help="Uniform sparsity of the default target layers.")
+    p.add_argument("--wide", action="store_true", help="Sparse Wide: widen the model for --sparsity first.")
+    p.add_argument("--per_module", action="store_true", help="List every module.")
+    p.add_argument("--json", action="store_true", help="Print the count as JSON.")
+
+
+def _run_flops(args: argparse.Namespace) -> int:
+    """Counts FLOPs of a dense / uniformly sparse / Sparse Wide BERT or GPT-2 without allocating weights."""
+    import json
+
+    import torch
+    from transformers import BertConfig, BertForPreTraining, GPT2Config, GPT2LMHeadModel
+
+    from .config import SparsityConfig
+    from .flops import count
+    from .ift import widen_config
+    from .patching import find_target_modules
+
+    if args.model == "gpt2":
+        cls, config = GPT2LMHeadModel, GPT2Config(
+            n_embd=args.hidden_size, n_inner=args.intermediate_size, n_layer=args.num_layers, n_head=args.num_heads,
+            n_positions=max(args.seq_len, 1024), vocab_size=args.vocab_size or 50257)
+    else:
+        cls, config = BertForPreTraining, BertConfig(
+            hidden_size=args.hidden_size, intermediate_size=args.intermediate_size or 4 * args.hidden_size,
+            num_hidden_layers=args.num_layers, num_attention_heads=args.num_heads,
+            max_position_embeddings=max(args.seq_len, 512), vocab_size=args.vocab_size or 30522)
+    sparsity = SparsityConfig(sparsity=args.sparsity)  # validates the value
+    if args.wide:
+        config = widen_config(config, sparsity.sparsity)
+    with torch.device("meta"):  # sizes only
+        model = cls(config)
+    targets = find_target_modules(model, sparsity)
+    result = count(model, seq_len=args.seq_len, batch_size=args.batch_size)
+    result = result.with_densities({name: sparsity.density for name in targets})
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result.to_table(per_module=args.per_module))
+    return 0
+
+
 Command = Tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 COMMANDS: Dict[str, Command] = {
     "demo": ("Sparsify a tiny BERT / GPT-2, print the report, train a few steps.", _add_demo_args, _run_demo),
+    "flops": ("Count dense / sparse / Sparse Wide FLOPs of a BERT or GPT-2 shape.", _add_flops_args, _run_flops),
 }
 
 
