@@ -286,11 +286,11 @@ class SparseIFTConfig(ConfigMixin):
     init_std: Optional[float] = field(
         default=None, metadata={"help": "Std of new weights (None: the model config's initializer_range)."}
     )
-    target_modules: Optional[Union[str, List[str]]] = field(
+    target_modules: Optional[Union[List[str], str]] = field(
         default=None,
         metadata={"help": "None (model-type defaults), 'all-linear', a regex, or a list of names/suffixes."},
     )
-    exclude_modules: Optional[Union[str, List[str]]] = field(
+    exclude_modules: Optional[Union[List[str], str]] = field(
         default=None, metadata={"help": "Regex or list of names/suffixes excluded from the targets."}
     )
     seed: int = field(default=0, metadata={"help": "Seed for every random choice."})
