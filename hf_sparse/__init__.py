@@ -7,7 +7,8 @@ Example:
     >>> hf_sparse.densify_(model)
 """
 
-from .config import SparsityConfig
+from . import flops, ift
+from .config import SparseIFTConfig, SparsityConfig
 from .layers import SparseConv1D, SparseLinear, is_sparse_module
 from .patching import (
     DEFAULT_TARGET_MODULES,
@@ -19,6 +20,16 @@ from .patching import (
     sparsify_,
 )
 from .report import LayerSparsity, SparsityReport, sparsity_report
+from .ift import (
+    SparseDoped,
+    SparseFactorized,
+    SparseParallel,
+    apply_sparse_ift,
+    from_pretrained_sparse_ift,
+    get_sparse_ift_config,
+    rebuild_sparse_ift_,
+    sparse_ift_,
+)
 from .structure import MaskStructure
 from .version import __version__
 
@@ -27,10 +38,21 @@ __all__ = [
     "LayerSparsity",
     "MaskStructure",
     "SparseConv1D",
+    "SparseDoped",
+    "SparseFactorized",
+    "SparseIFTConfig",
+    "SparseParallel",
     "SparseLinear",
     "SparsityConfig",
     "SparsityReport",
     "__version__",
+    "apply_sparse_ift",
+    "flops",
+    "from_pretrained_sparse_ift",
+    "get_sparse_ift_config",
+    "ift",
+    "rebuild_sparse_ift_",
+    "sparse_ift_",
     "densify_",
     "find_target_modules",
     "get_sparsity_config",
