@@ -1,0 +1,64 @@
+"""BERT pre-training with MLM logits computed only at the masked positions.
+
+``BertForPreTraining`` projects *every* position onto the 30,522-word vocabulary, although only the ~15%
+masked positions (at most 20 of 128 in BERT phase 1) have a label. On a CPU that projection and its softmax are
+most of the step. `BertForPreTrainingMasked` gathers the hidden states of the labelled positions first and
+runs the prediction head on those alone; the loss is identical to the default head's on the same batch.
+
+It is a subclass with the same modules and parameter names, so its ``state_dict``, ``save_pretrained``
+checkpoints and sparse patching are exactly those of ``BertForPreTraining``: vanilla transformers loads its
+checkpoints with ``BertForPreTraining.from_pretrained`` (or any other BERT head class).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch.nn import functional as F
+from transformers import BertForPreTraining
+from transformers.models.bert.modeling_bert import BertForPreTrainingOutput
+
+
+class BertForPreTrainingMasked(BertForPreTraining):
+    """``BertForPreTraining`` whose MLM head only runs where ``labels != -100`` when labels are given.
+
+    Without ``labels`` it behaves exactly like the parent class. With labels, ``prediction_logits`` has shape
+    ``[n_masked, vocab_size]`` (the labelled positions in row-major order) instead of
+    ``[batch, seq_len, vocab_size]``.
+
+    Example:
+        >>> model = BertForPreTrainingMasked(BertConfig())
+        >>> out = model(input_ids=ids, attention_mask=mask, labels=labels, next_sentence_label=nsp)
+        >>> out.loss.backward()
+    """
+
+    def forward(
+        self,
+        input_ids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        token_type_ids: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.Tensor] = None,
+        inputs_embeds: Optional[torch.Tensor] = None,
+        labels: Optional[torch.Tensor] = None,
+        next_sentence_label: Optional[torch.Tensor] = None,
+        **kwargs,
+    ):
+        if labels is None:
+            return super().forward(input_ids=input_ids, attention_mask=attention_mask,
+                                   token_type_ids=token_type_ids, position_ids=position_ids,
+                                   inputs_embeds=inputs_embeds, next_sentence_label=next_sentence_label, **kwargs)
+        outputs = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                            position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs)
+        sequence_output, pooled_output = outputs[0], outputs[1]
+        selected = labels != -100
+        # Gather first: the vocabulary projection then costs n_masked x vocab instead of batch x seq x vocab.
+        logits = self.cls.predictions(sequence_output[selected])
+        loss = F.cross_entropy(logits.float(), labels[selected])
+        seq_relationship_score = self.cls.seq_relationship(pooled_output)
+        if next_sentence_label is not None:
+            loss = loss + F.cross_entropy(seq_relationship_score.view(-1, 2).float(), next_sentence_label.view(-1))
+        return BertForPreTrainingOutput(
+            loss=loss, prediction_logits=logits, seq_relationship_logits=seq_relationship_score,
+            hidden_states=outputs.hidden_states, attentions=outputs.attentions,
+        )
