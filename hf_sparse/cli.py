@@ -11,6 +11,8 @@ import sys
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
+from .checkpoint_cli import CHECKPOINT_COMMANDS
+
 
 def _add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", choices=("bert", "gpt2"), default="bert", help="Tiny model family to build.")
@@ -75,6 +77,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 Command = Tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 COMMANDS: Dict[str, Command] = {
     "demo": ("Sparsify a tiny BERT / GPT-2, print the report, train a few steps.", _add_demo_args, _run_demo),
+    **CHECKPOINT_COMMANDS,  # inspect, densify, card
 }
 
 
