@@ -19,17 +19,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import uuid
-from contextlib import contextmanager
+import re
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import torch
 from torch import nn
 
 from . import mask_io
+from .atomic import atomic_directory, in_place_directory, is_main_process as _is_main_process
 from .config import SparsityConfig
 from .layers import SparseMixin, sparse_class_for
 from .mask_io import CheckpointError, MASKS_NAME
@@ -44,10 +43,16 @@ MODEL_CARD_NAME = "README.md"
 #: Version of the on-disk layout; a checkpoint written with a newer layout is refused with a clear error.
 FORMAT_VERSION = 1
 LAYOUTS = {1: "linear", 0: "conv1d"}  # input_dim -> layout name
-# Files `model.save_pretrained` owns; anything else already in a checkpoint directory (tokenizer files,
-# trainer state, sub-folders) is carried over into the new checkpoint on save.
-_MANAGED_PREFIXES = ("model", "pytorch_model", "config.json", "generation_config.json")
-_MANAGED_NAMES = (SPARSITY_CONFIG_NAME, MASKS_NAME, MODEL_CARD_NAME)
+# Files a save writes (transformers' weights / index / configs and our own); anything else already in a
+# checkpoint directory (tokenizer files, trainer state, sub-folders) is carried over into the new checkpoint.
+_OWNED = re.compile(
+    r"(model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)(\.index\.json)?|(generation_)?config\.json|"
+    + "|".join(re.escape(n) for n in (SPARSITY_CONFIG_NAME, MASKS_NAME, MODEL_CARD_NAME))
+)
+
+
+def _carry_over(entry: str) -> bool:
+    return _OWNED.fullmatch(entry) is None
 
 #: Hook point for architectures whose module structure is recorded in ``config.json`` (Sparse-IFT variants
 #: such as Sparse Wide / Parallel / Factorized). When the loaded ``config`` carries ``sparse_ift``, the hook is
@@ -107,58 +112,6 @@ def module_records(model: nn.Module) -> List[Dict[str, Any]]:
     return records
 
 
-def _is_main_process(explicit: Optional[bool]) -> bool:
-    if explicit is not None:
-        return bool(explicit)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank() == 0
-    try:  # an Accelerate run that has set up its state (launched with `accelerate launch`)
-        from accelerate import PartialState
-
-        if PartialState._shared_state:
-            return PartialState().is_main_process
-    except ImportError:  # pragma: no cover - accelerate is a dependency
-        pass
-    return True
-
-
-def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)  # no data copied; the old directory can then be removed safely
-    except OSError:
-        shutil.copy2(src, dst)
-
-
-@contextmanager
-def _atomic_directory(final: Path) -> Iterator[Path]:
-    """Yields a temporary sibling of ``final``; on success swaps it in place of ``final``, else removes it."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        yield tmp
-        if final.is_dir():
-            for entry in os.listdir(final):
-                if entry in _MANAGED_NAMES or entry.startswith(_MANAGED_PREFIXES) or (tmp / entry).exists():
-                    continue
-                src = final / entry
-                if src.is_dir():
-                    shutil.copytree(src, tmp / entry, copy_function=_link_or_copy, symlinks=True)
-                else:
-                    _link_or_copy(str(src), str(tmp / entry))
-            old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(final, old)  # between these two renames (microseconds) the checkpoint is at `old`
-            os.rename(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        elif final.exists():
-            raise FileExistsError(f"{final} exists and is not a directory.")
-        else:
-            os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def save_pretrained(
     model: nn.Module,
     save_directory: Union[str, os.PathLike],
@@ -168,6 +121,7 @@ def save_pretrained(
     training_stats: Optional[Dict[str, Any]] = None,
     card_info: Optional[Dict[str, Any]] = None,
     is_main_process: Optional[bool] = None,
+    atomic: bool = True,
     **kwargs,
 ) -> Optional[Path]:
     """Writes a sparse checkpoint: the model's own files plus masks, sparsity metadata and a model card.
@@ -183,6 +137,10 @@ def save_pretrained(
             ``eval_results``, ``license``, ``language``, ``model_name``, ``algorithm``.
         is_main_process: Whether this process writes; by default rank 0 of a ``torch.distributed`` /
             Accelerate run (the others return ``None`` without writing).
+        atomic: Build the checkpoint in a temporary sibling directory and swap it in (an interrupted save
+            leaves the previous checkpoint intact). Pass ``False`` when other processes write into the same
+            directory concurrently (e.g. per-rank RNG states of a Trainer checkpoint): files are then written in
+            place, ``sparsity_config.json`` last, so an interrupted save fails its checksum check on load.
         **kwargs: Passed to ``model.save_pretrained`` (e.g. ``max_shard_size``).
 
     Returns:
@@ -217,7 +175,9 @@ def save_pretrained(
         return None
     final = Path(save_directory).resolve()
     masks = {name: m.weight_mask for name, m in found.items()}
-    with _atomic_directory(final) as tmp:
+    with (atomic_directory(final, _carry_over) if atomic else in_place_directory(final)) as tmp:
+        if not atomic:  # in place: no sparsity config (the commit record) until the new files are complete
+            (tmp / SPARSITY_CONFIG_NAME).unlink(missing_ok=True)
         model.save_pretrained(str(tmp), **kwargs)
         mask_io.save_masks(masks, tmp / MASKS_NAME)
         record["files"] = {f: mask_io.file_sha256(tmp / f) for f in (*mask_io.weight_files(tmp), MASKS_NAME)}
@@ -306,8 +266,15 @@ def _resolve_dir(path_or_repo_id: Union[str, os.PathLike], **hub_kwargs) -> Path
         raise FileNotFoundError(f"{text} is not a checkpoint directory (and not a Hub repo id).")
     from huggingface_hub import snapshot_download
 
+    # JSON, safetensors, the card and tokenizer files: never a pickle (*.bin, *.pt) from the repo.
     patterns = ["*.json", "*.safetensors", MODEL_CARD_NAME, "*.txt", "*.model"]
-    return Path(snapshot_download(repo_id=text, allow_patterns=patterns, **hub_kwargs))
+    try:
+        return Path(snapshot_download(repo_id=text, allow_patterns=patterns, **hub_kwargs))
+    except Exception as err:  # offline, unknown repo, bad id: say what we tried, keep the cause chained
+        raise OSError(
+            f"{text!r} is not a local checkpoint directory and could not be downloaded from the Hub "
+            f"({type(err).__name__}: {err})."
+        ) from err
 
 
 def _plan_restore(model: nn.Module, record: Dict[str, Any], masks: Dict[str, torch.Tensor]) -> List[tuple]:

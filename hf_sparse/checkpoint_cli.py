@@ -102,7 +102,8 @@ def _add_densify_args(p: argparse.ArgumentParser) -> None:
 
 
 def _run_densify(args: argparse.Namespace) -> int:
-    from .checkpoint import MODEL_CARD_NAME, SPARSITY_CONFIG_NAME, _atomic_directory, read_checkpoint
+    from .atomic import atomic_directory
+    from .checkpoint import MODEL_CARD_NAME, SPARSITY_CONFIG_NAME, _carry_over, read_checkpoint
     from .mask_io import MASKS_NAME, weight_files
 
     src, out = Path(args.directory), Path(args.output)
@@ -111,7 +112,7 @@ def _run_densify(args: argparse.Namespace) -> int:
     record, masks = read_checkpoint(src)  # validated before anything is written
     check_stored_weights(src, record, masks)
     own = {SPARSITY_CONFIG_NAME, MASKS_NAME, MODEL_CARD_NAME}
-    with _atomic_directory(out.resolve()) as tmp:
+    with atomic_directory(out.resolve(), _carry_over) as tmp:
         # The stored weights already hold zeros where masks are inactive: the plain checkpoint is the same
         # config and weight files (plus tokenizer and other files), without hf_sparse's own files.
         for entry in sorted(os.listdir(src)):
@@ -135,6 +136,7 @@ def _add_card_args(p: argparse.ArgumentParser) -> None:
 
 
 def _run_card(args: argparse.Namespace) -> int:
+    from .atomic import replace_file
     from .checkpoint import MODEL_CARD_NAME, SPARSITY_CONFIG_NAME, read_sparsity_config
     from .model_card import render_model_card
 
@@ -151,16 +153,10 @@ def _run_card(args: argparse.Namespace) -> int:
         return 0
     if updates:  # keep the card inputs with the checkpoint so a later re-render keeps them
         clean = dict(record, modules=[{k: v for k, v in m.items() if k != "_structure"} for m in record["modules"]])
-        _replace_file(directory / SPARSITY_CONFIG_NAME, json.dumps(clean, indent=2) + "\n")
-    _replace_file(directory / MODEL_CARD_NAME, card.content)
+        replace_file(directory / SPARSITY_CONFIG_NAME, json.dumps(clean, indent=2) + "\n")
+    replace_file(directory / MODEL_CARD_NAME, card.content)
     print(f"wrote {directory / MODEL_CARD_NAME}")
     return 0
-
-
-def _replace_file(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)  # atomic on POSIX: readers see the old or the new file, never half of one
 
 
 #: Entries for `cli.COMMANDS`.

@@ -22,7 +22,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import mask_io
-from .checkpoint import _atomic_directory, _is_main_process, module_records, restore_sparse_modules_
+from .atomic import atomic_directory, is_main_process as _is_main_process
+from .checkpoint import module_records, restore_sparse_modules_
 from .config import SparsityConfig
 from .mask_io import CheckpointError
 from .patching import get_sparsity_config, sparse_modules
@@ -132,7 +133,7 @@ def export(
         sparse_bytes = sum(m.weight.numel() * cast(m.weight[:0]).element_size() for m in found.values())
     out.update({k: cast(t).contiguous() for k, t in tensors.items()})
     final = Path(directory).resolve()
-    with _atomic_directory(final) as tmp:
+    with atomic_directory(final) as tmp:
         if format == "dense":
             # The model's own writer, with our (possibly cast) tensors: a vanilla checkpoint.
             model.save_pretrained(str(tmp), state_dict={k: out[k] for k in tensors})

@@ -16,7 +16,8 @@ from typing import Any, Dict, Optional, Union
 
 from torch import nn
 
-from .checkpoint import _is_main_process, save_pretrained
+from .atomic import is_main_process as _is_main_process
+from .checkpoint import save_pretrained
 
 logger = logging.getLogger(__name__)
 

@@ -316,3 +316,49 @@ def test_pack_unpack_exact():
     bad[-1] |= 1  # a padding bit set
     with pytest.raises(CheckpointError, match="padding"):
         mask_io.unpack_mask(bad, (7, 13))
+
+
+def test_sharded_weights(tmp_path):
+    model = sparse_model("gpt2", "unstructured")
+    path = ckpt.save_pretrained(model, tmp_path, max_shard_size="40KB")
+    record = json.loads((path / "sparsity_config.json").read_text())
+    shards = [f for f in record["files"] if f.startswith("model-")]
+    assert len(shards) > 1 and (path / "model.safetensors.index.json").exists()
+    loaded = ckpt.from_pretrained(GPT2LMHeadModel, path)
+    assert all(torch.equal(m.weight_mask, sparse_modules(model)[n].weight_mask) for n, m in sparse_modules(loaded).items())
+    # re-saving unsharded drops the old shards (they belong to the save), keeps foreign files
+    (path / "modeling_custom.py").write_text("# remote code\n")
+    ckpt.save_pretrained(model, path)
+    assert not [f for f in os.listdir(path) if f.startswith("model-")] and (path / "modeling_custom.py").exists()
+    ckpt.from_pretrained(GPT2LMHeadModel, path)
+
+
+def test_in_place_save(tmp_path, monkeypatch):
+    model = sparse_model("bert", "nm")
+    path = ckpt.save_pretrained(model, tmp_path / "ck", atomic=False)
+    assert sorted(os.listdir(tmp_path)) == ["ck"] and ckpt.from_pretrained(BertForPreTraining, path)
+    # an interrupted in-place save cannot be mistaken for a complete checkpoint
+    monkeypatch.setattr(mask_io, "save_masks", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed")))
+    with pytest.raises(RuntimeError, match="killed"):
+        ckpt.save_pretrained(model, path, atomic=False)
+    with pytest.raises(CheckpointError, match="sparsity_config.json is missing"):
+        ckpt.from_pretrained(BertForPreTraining, path)
+
+
+def test_only_rank_zero_writes(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 1)
+    assert ckpt.save_pretrained(sparse_model("bert", "nm"), tmp_path / "ck") is None
+    assert not (tmp_path / "ck").exists()
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 0)
+    assert ckpt.save_pretrained(sparse_model("bert", "nm"), tmp_path / "ck") == (tmp_path / "ck").resolve()
+
+
+def test_unreachable_repo_id_is_a_clear_error(tmp_path, monkeypatch):
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(OSError, match="'org/missing-model' is not a local checkpoint directory"):
+        ckpt.from_pretrained(BertForPreTraining, "org/missing-model")
