@@ -30,7 +30,7 @@ from torch import nn
 from . import mask_io
 from .atomic import atomic_directory, in_place_directory, is_main_process as _is_main_process
 from .config import SparsityConfig
-from .layers import SparseMixin, sparse_class_for
+from .layers import sparse_class_for
 from .mask_io import CheckpointError, MASKS_NAME
 from .patching import get_sparsity_config, sparse_modules
 from .structure import MaskStructure
@@ -53,6 +53,7 @@ _OWNED = re.compile(
 
 def _carry_over(entry: str) -> bool:
     return _OWNED.fullmatch(entry) is None
+
 
 #: Hook point for architectures whose module structure is recorded in ``config.json`` (Sparse-IFT variants
 #: such as Sparse Wide / Parallel / Factorized). When the loaded ``config`` carries ``sparse_ift``, the hook is
@@ -154,9 +155,8 @@ def save_pretrained(
     found = sparse_modules(model)
     if not found:
         raise ValueError(f"{type(model).__name__} has no sparse modules; save it with model.save_pretrained.")
-    for key in ("is_main_process", "push_to_hub"):
-        if kwargs.get(key):
-            raise ValueError(f"Do not pass {key}= through to model.save_pretrained; use hf_sparse's own API.")
+    if kwargs.get("push_to_hub"):
+        raise ValueError("push_to_hub=True would upload without masks; use hf_sparse.push_to_hub instead.")
     cfg = get_sparsity_config(model)
     record = {
         "format_version": FORMAT_VERSION,
@@ -171,6 +171,7 @@ def save_pretrained(
         "card": {"repo_id": str(save_directory), **(_as_dict(card_info, "card_info") or {})},
         "modules": module_records(model),
     }
+    card = render_model_card(record)  # validates the card inputs before anything is written
     if not _is_main_process(is_main_process):
         return None
     final = Path(save_directory).resolve()
@@ -182,7 +183,7 @@ def save_pretrained(
         mask_io.save_masks(masks, tmp / MASKS_NAME)
         record["files"] = {f: mask_io.file_sha256(tmp / f) for f in (*mask_io.weight_files(tmp), MASKS_NAME)}
         (tmp / SPARSITY_CONFIG_NAME).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        render_model_card(record).save(str(tmp / MODEL_CARD_NAME))
+        card.save(str(tmp / MODEL_CARD_NAME))
     logger.info("Saved sparse checkpoint with %d sparse modules to %s.", len(found), final)
     return final
 
@@ -218,7 +219,9 @@ def read_sparsity_config(directory: Union[str, os.PathLike]) -> Dict[str, Any]:
             assert isinstance(rec["active"], int)
             rec["_structure"] = MaskStructure(**rec["structure"])
         except (AssertionError, KeyError, TypeError, ValueError) as err:
-            raise CheckpointError(f"{SPARSITY_CONFIG_NAME}: malformed record for module #{i} {rec!r}: {err!r}.") from err
+            raise CheckpointError(
+                f"{SPARSITY_CONFIG_NAME}: malformed record for module #{i} {rec!r}: {err!r}."
+            ) from err
     names = [rec["name"] for rec in modules]
     if len(set(names)) != len(names):
         raise CheckpointError(f"{SPARSITY_CONFIG_NAME}: duplicate module names in {names}.")

@@ -172,7 +172,9 @@ def load_compressed(model_class: Any, directory: Union[str, os.PathLike], **kwar
     directory = Path(directory)
     meta_path = directory / COMPRESSED_CONFIG
     if not meta_path.is_file() or not (directory / COMPRESSED_WEIGHTS).is_file():
-        raise CheckpointError(f"{directory} is not a compressed export ({COMPRESSED_CONFIG} / {COMPRESSED_WEIGHTS} missing).")
+        raise CheckpointError(
+            f"{directory} is not a compressed export ({COMPRESSED_CONFIG} / {COMPRESSED_WEIGHTS} missing)."
+        )
     try:
         record = json.loads(meta_path.read_text(encoding="utf-8"))
         tensors = load_file(str(directory / COMPRESSED_WEIGHTS))
@@ -187,7 +189,8 @@ def load_compressed(model_class: Any, directory: Union[str, os.PathLike], **kwar
         rec["_structure"] = MaskStructure(**rec["structure"])
         if name + _VALUES not in tensors or name + mask_io.MASK_SUFFIX not in tensors:
             raise CheckpointError(f"{COMPRESSED_WEIGHTS}: values or mask of module {name!r} missing.")
-        mask = mask_io.unpack_mask(tensors.pop(name + mask_io.MASK_SUFFIX), rec["shape"], f"{COMPRESSED_WEIGHTS}: {name!r}")
+        packed = tensors.pop(name + mask_io.MASK_SUFFIX)
+        mask = mask_io.unpack_mask(packed, rec["shape"], f"{COMPRESSED_WEIGHTS}: {name!r}")
         values = tensors.pop(name + _VALUES)
         if values.dim() != 1 or values.numel() != int(mask.sum()):
             raise CheckpointError(f"{COMPRESSED_WEIGHTS}: module {name!r} has {values.numel()} values for "

@@ -64,7 +64,9 @@ def unpack_mask(packed: torch.Tensor, shape: Sequence[int], name: str = "mask") 
     """
     numel = int(np.prod(shape)) if len(shape) else 1
     if packed.dtype != torch.uint8 or packed.dim() != 1:
-        raise CheckpointError(f"{name}: packed mask must be a 1-D uint8 tensor, got {packed.dtype} {tuple(packed.shape)}.")
+        raise CheckpointError(
+            f"{name}: packed mask must be a 1-D uint8 tensor, got {packed.dtype} {tuple(packed.shape)}."
+        )
     expected = (numel + 7) // 8
     if packed.numel() != expected:
         raise CheckpointError(

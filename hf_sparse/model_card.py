@@ -33,7 +33,9 @@ def _fmt(value: Any) -> str:
     if isinstance(value, bool) or value is None:
         return str(value).lower() if isinstance(value, bool) else "none"
     if isinstance(value, float):
-        return f"{value:.4g}" if (abs(value) >= 1e5 or 0 < abs(value) < 1e-3) else f"{value:.4f}".rstrip("0").rstrip(".")
+        if abs(value) >= 1e5 or 0 < abs(value) < 1e-3:
+            return f"{value:.4g}"
+        return f"{value:.4f}".rstrip("0").rstrip(".")
     if isinstance(value, (list, tuple)):
         return ", ".join(_fmt(v) for v in value) or "[]"
     if isinstance(value, dict):

@@ -362,3 +362,24 @@ def test_unreachable_repo_id_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(OSError, match="'org/missing-model' is not a local checkpoint directory"):
         ckpt.from_pretrained(BertForPreTraining, "org/missing-model")
+
+
+def test_sparse_ift_architecture_hook(saved):
+    path, model = saved
+    config = json.loads((path / "config.json").read_text())
+    config["sparse_ift"] = {"transformation": "wide", "sparsity": 0.5}
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="Sparse-IFT architecture .* no architecture hook"):
+        ckpt.from_pretrained(BertForPreTraining, path)
+    calls = []
+
+    def hook(model_class, directory, config, record, **kwargs):
+        calls.append(config.sparse_ift["transformation"])
+        return model_class.from_pretrained(str(directory), config=config, **kwargs)
+
+    ckpt.register_architecture_hook(hook)
+    try:
+        loaded = ckpt.from_pretrained(BertForPreTraining, path)
+    finally:
+        ckpt.register_architecture_hook(None)
+    assert calls == ["wide"] and list(sparse_modules(loaded)) == list(sparse_modules(model))

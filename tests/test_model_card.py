@@ -12,7 +12,7 @@ import torch
 from huggingface_hub import ModelCard
 from transformers import BertConfig, BertForPreTraining
 
-from hf_sparse import SparsityConfig, sparse_modules, sparsify_
+from hf_sparse import SparsityConfig, sparsify_
 from hf_sparse import checkpoint as ckpt
 from hf_sparse import model_card as mc
 
