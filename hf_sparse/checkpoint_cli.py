@@ -92,7 +92,7 @@ def _run_inspect(args: argparse.Namespace) -> int:
           f"sparsity {1 - active / numel:.4f}); forward FLOPs/token of these modules {flops:,} vs dense "
           f"{dense:,} ({flops / dense:.4f})")
     for key, value in (record.get("training_stats") or {}).items():
-        print(f"training {key}: {value}")
+        print(f"training {key}: {value:.4g}" if isinstance(value, float) else f"training {key}: {value}")
     return 0
 
 

@@ -47,6 +47,19 @@ def _rows(config: Optional[Dict[str, Any]], skip: Tuple[str, ...] = ("hf_sparse_
     return [(k, _fmt(v)) for k, v in (config or {}).items() if k not in skip and v is not None]
 
 
+def _irrelevant(cfg: Optional[Dict[str, Any]]) -> Tuple[str, ...]:
+    """SparsityConfig fields that do not apply to its structure / init (kept out of the card)."""
+    cfg = cfg or {}
+    skip = ["hf_sparse_version"]
+    if cfg.get("structure") != "block":
+        skip += ["block_size", "block_norm"]
+    if cfg.get("structure") not in ("nm", "nm_transposable"):
+        skip += ["n", "m"]
+    if cfg.get("init") != "truncated_normal":
+        skip.append("init_std")
+    return tuple(skip)
+
+
 def module_groups(modules: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """Groups module records by name with layer indices replaced by ``*`` and sums their counts."""
     groups: Dict[str, Dict[str, Any]] = {}
@@ -158,7 +171,7 @@ def render_model_card(record: Dict[str, Any], template_path: Optional[Union[str,
         summary=summary,
         groups=groups,
         total={"count": len(modules), "density": f"{active / numel:.4f}", "active": active, "numel": numel},
-        sparsity_rows=_rows(record.get("sparsity_config")),
+        sparsity_rows=_rows(record.get("sparsity_config"), skip=_irrelevant(record.get("sparsity_config"))),
         algorithm=algorithm,
         algorithm_rows=_rows(dynamic),
         ift_rows=_rows(ift),

@@ -55,6 +55,7 @@ def test_full_card_has_metadata_and_real_numbers(tmp_path):
     assert "| `bert.encoder.layer.*.attention.self.query` | 2 | 32x32 | block 8x8 (l1) | 0.2500 | 0.2500 | 512 / 2048 |" in text
     assert "| `bert.encoder.layer.*.intermediate.dense` | 2 | 64x32 | block 8x8 (l1) | 0.2500 | 0.2500 | 1024 / 4096 |" in text
     assert "| **all sparse modules** | 12 |" in text and "4096 / 16384" in text
+    assert "| block_size | 8 |" in text and "| n |" not in text and "| init_std |" not in text  # only what applies
     assert "Training algorithm: rigl" in text and "| drop_fraction | 0.3 |" in text
     assert "| explored degrees of freedom (DOF) | 0.4375 |" in text
     assert "| training FLOPs / dense | 0.2500 |" in text
