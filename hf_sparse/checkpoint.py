@@ -121,6 +121,7 @@ def save_pretrained(
     ift_config: Any = None,
     training_stats: Optional[Dict[str, Any]] = None,
     card_info: Optional[Dict[str, Any]] = None,
+    tokenizer: Any = None,
     is_main_process: Optional[bool] = None,
     atomic: bool = True,
     **kwargs,
@@ -136,6 +137,7 @@ def save_pretrained(
             "dense_train_flops": 4.1e15}`` (JSON values).
         card_info: Model card inputs (`model_card.render_model_card`): ``base_model``, ``datasets``,
             ``eval_results``, ``license``, ``language``, ``model_name``, ``algorithm``.
+        tokenizer: A tokenizer / processor saved alongside (anything with ``save_pretrained``).
         is_main_process: Whether this process writes; by default rank 0 of a ``torch.distributed`` /
             Accelerate run (the others return ``None`` without writing).
         atomic: Build the checkpoint in a temporary sibling directory and swap it in (an interrupted save
@@ -155,6 +157,8 @@ def save_pretrained(
     found = sparse_modules(model)
     if not found:
         raise ValueError(f"{type(model).__name__} has no sparse modules; save it with model.save_pretrained.")
+    if tokenizer is not None and not hasattr(tokenizer, "save_pretrained"):
+        raise TypeError(f"tokenizer must have save_pretrained(), got {type(tokenizer).__name__}.")
     if kwargs.get("push_to_hub"):
         raise ValueError("push_to_hub=True would upload without masks; use hf_sparse.push_to_hub instead.")
     cfg = get_sparsity_config(model)
@@ -180,6 +184,8 @@ def save_pretrained(
         if not atomic:  # in place: no sparsity config (the commit record) until the new files are complete
             (tmp / SPARSITY_CONFIG_NAME).unlink(missing_ok=True)
         model.save_pretrained(str(tmp), **kwargs)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
         mask_io.save_masks(masks, tmp / MASKS_NAME)
         record["files"] = {f: mask_io.file_sha256(tmp / f) for f in (*mask_io.weight_files(tmp), MASKS_NAME)}
         (tmp / SPARSITY_CONFIG_NAME).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")

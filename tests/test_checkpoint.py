@@ -383,3 +383,15 @@ def test_sparse_ift_architecture_hook(saved):
     finally:
         ckpt.register_architecture_hook(None)
     assert calls == ["wide"] and list(sparse_modules(loaded)) == list(sparse_modules(model))
+
+
+def test_tokenizer_saved_alongside(tmp_path):
+    from transformers import AutoTokenizer, BertTokenizer
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "sparse", "model"]) + "\n")
+    tok = BertTokenizer(vocab=str(vocab))
+    path = ckpt.save_pretrained(sparse_model("bert", "nm"), tmp_path / "ck", tokenizer=tok)
+    assert AutoTokenizer.from_pretrained(path)("sparse model")["input_ids"] == [2, 5, 6, 3]
+    with pytest.raises(TypeError, match="save_pretrained"):
+        ckpt.save_pretrained(sparse_model("bert", "nm"), tmp_path / "x", tokenizer="bert-base-uncased")
