@@ -11,6 +11,8 @@ import sys
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
+from .checkpoint_cli import CHECKPOINT_COMMANDS
+
 
 def _add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", choices=("bert", "gpt2"), default="bert", help="Tiny model family to build.")
@@ -124,6 +126,7 @@ Command = Tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argpar
 COMMANDS: Dict[str, Command] = {
     "demo": ("Sparsify a tiny BERT / GPT-2, print the report, train a few steps.", _add_demo_args, _run_demo),
     "flops": ("Count dense / sparse / Sparse Wide FLOPs of a BERT or GPT-2 shape.", _add_flops_args, _run_flops),
+    **CHECKPOINT_COMMANDS,  # inspect, densify, card
 }
 
 

@@ -1,0 +1,410 @@
+"""Saving and loading sparse checkpoints (`save_pretrained`, `from_pretrained`).
+
+A sparse checkpoint is a normal transformers checkpoint (``config.json`` + ``model.safetensors``, inactive
+weights stored as zeros, so vanilla ``from_pretrained`` opens it) plus:
+
+- ``sparsity_config.json``: format and library version, the sparsity / dynamic / Sparse-IFT configs, one record
+  per sparse module (name, layout, shape, structure, target and actual density, active count), training
+  statistics when known, the model card inputs, and the SHA-256 of every file it vouches for;
+- ``sparsity_masks.safetensors``: the bit-packed masks (`mask_io`);
+- ``README.md``: the model card (`model_card`).
+
+Masks are never inferred from zeros: a re-allocated weight can be active and exactly zero. Loading validates
+every file against the freshly built model before anything is returned; saving writes into a temporary
+sibling directory and swaps it in, so an interrupted save leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Union
+
+import torch
+from torch import nn
+
+from . import mask_io
+from .atomic import atomic_directory, in_place_directory, is_main_process as _is_main_process
+from .config import SparsityConfig
+from .layers import sparse_class_for
+from .mask_io import CheckpointError, MASKS_NAME
+from .patching import get_sparsity_config, sparse_modules
+from .structure import MaskStructure
+from .version import __version__
+
+logger = logging.getLogger(__name__)
+
+SPARSITY_CONFIG_NAME = "sparsity_config.json"
+MODEL_CARD_NAME = "README.md"
+#: Version of the on-disk layout; a checkpoint written with a newer layout is refused with a clear error.
+FORMAT_VERSION = 1
+LAYOUTS = {1: "linear", 0: "conv1d"}  # input_dim -> layout name
+# Files a save writes (transformers' weights / index / configs and our own); anything else already in a
+# checkpoint directory (tokenizer files, trainer state, sub-folders) is carried over into the new checkpoint.
+_OWNED = re.compile(
+    r"(model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)(\.index\.json)?|(generation_)?config\.json|"
+    + "|".join(re.escape(n) for n in (SPARSITY_CONFIG_NAME, MASKS_NAME, MODEL_CARD_NAME))
+)
+
+
+def _carry_over(entry: str) -> bool:
+    return _OWNED.fullmatch(entry) is None
+
+
+#: Hook point for architectures whose module structure is recorded in ``config.json`` (Sparse-IFT variants
+#: such as Sparse Wide / Parallel / Factorized). When the loaded ``config`` carries ``sparse_ift``, the hook is
+#: called as ``hook(model_class, path, config, record, **kwargs) -> model`` and must return the model rebuilt
+#: with its weights loaded; `from_pretrained` then restores masks on it as usual. ``hf_sparse.ift`` registers
+#: it with `register_architecture_hook`; without one such a checkpoint is refused rather than mis-loaded.
+_ARCHITECTURE_HOOK: Optional[Callable[..., nn.Module]] = None
+
+
+def register_architecture_hook(hook: Optional[Callable[..., nn.Module]]) -> None:
+    """Registers the builder for checkpoints whose ``config.json`` has ``sparse_ift`` (see `_ARCHITECTURE_HOOK`)."""
+    global _ARCHITECTURE_HOOK
+    _ARCHITECTURE_HOOK = hook
+
+
+def _as_dict(obj: Any, what: str) -> Optional[Dict[str, Any]]:
+    if obj is None or isinstance(obj, dict):
+        out = obj
+    elif hasattr(obj, "to_dict"):
+        out = obj.to_dict()
+    else:
+        raise TypeError(f"{what} must be a dict or have to_dict(), got {type(obj).__name__}.")
+    try:
+        json.dumps(out)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{what} is not JSON-serialisable: {err}.") from err
+    return out
+
+
+def _base_prefix(model: nn.Module) -> str:
+    """``base_model_prefix`` when the base model is a child (``BertForQA.bert``), else ``""``."""
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    child = getattr(model, prefix, None) if prefix else None
+    return prefix if isinstance(child, nn.Module) and child is not model else ""
+
+
+def module_records(model: nn.Module) -> List[Dict[str, Any]]:
+    """One JSON-ready record per sparse module of ``model`` (name, layout, shape, structure, densities)."""
+    prefix = _base_prefix(model)
+    records = []
+    for name, m in sparse_modules(model).items():
+        active = int(m.weight_mask.sum())
+        in_base = not prefix or name.startswith(prefix + ".")
+        records.append(
+            {
+                "name": name,
+                "base_name": (name[len(prefix) + 1:] if prefix else name) if in_base else None,
+                "layout": LAYOUTS[m.input_dim],
+                "shape": list(m.weight.shape),
+                "structure": asdict(m.structure),
+                "target_density": m.target_density,
+                "density": active / m.weight_mask.numel(),
+                "active": active,
+                "numel": m.weight_mask.numel(),
+            }
+        )
+    return records
+
+
+def save_pretrained(
+    model: nn.Module,
+    save_directory: Union[str, os.PathLike],
+    *,
+    dynamic_config: Any = None,
+    ift_config: Any = None,
+    training_stats: Optional[Dict[str, Any]] = None,
+    card_info: Optional[Dict[str, Any]] = None,
+    tokenizer: Any = None,
+    is_main_process: Optional[bool] = None,
+    atomic: bool = True,
+    **kwargs,
+) -> Optional[Path]:
+    """Writes a sparse checkpoint: the model's own files plus masks, sparsity metadata and a model card.
+
+    Args:
+        model: A sparsified transformers model.
+        save_directory: Target directory; replaced atomically if it exists (other files in it are kept).
+        dynamic_config: The dynamic-sparsity / algorithm config (a dict or an object with ``to_dict()``).
+        ift_config: The Sparse-IFT config, same forms.
+        training_stats: Known training statistics, e.g. ``{"step": 1000, "dof": 0.31, "train_flops": 1.2e15,
+            "dense_train_flops": 4.1e15}`` (JSON values).
+        card_info: Model card inputs (`model_card.render_model_card`): ``base_model``, ``datasets``,
+            ``eval_results``, ``license``, ``language``, ``model_name``, ``algorithm``.
+        tokenizer: A tokenizer / processor saved alongside (anything with ``save_pretrained``).
+        is_main_process: Whether this process writes; by default rank 0 of a ``torch.distributed`` /
+            Accelerate run (the others return ``None`` without writing).
+        atomic: Build the checkpoint in a temporary sibling directory and swap it in (an interrupted save
+            leaves the previous checkpoint intact). Pass ``False`` when other processes write into the same
+            directory concurrently (e.g. per-rank RNG states of a Trainer checkpoint): files are then written in
+            place, ``sparsity_config.json`` last, so an interrupted save fails its checksum check on load.
+        **kwargs: Passed to ``model.save_pretrained`` (e.g. ``max_shard_size``).
+
+    Returns:
+        The checkpoint path, or ``None`` on non-main processes.
+
+    Example:
+        >>> hf_sparse.save_pretrained(model, "out/bert-mini-s90", training_stats={"step": 1000})
+    """
+    from .model_card import render_model_card
+
+    found = sparse_modules(model)
+    if not found:
+        raise ValueError(f"{type(model).__name__} has no sparse modules; save it with model.save_pretrained.")
+    if tokenizer is not None and not hasattr(tokenizer, "save_pretrained"):
+        raise TypeError(f"tokenizer must have save_pretrained(), got {type(tokenizer).__name__}.")
+    if kwargs.get("push_to_hub"):
+        raise ValueError("push_to_hub=True would upload without masks; use hf_sparse.push_to_hub instead.")
+    cfg = get_sparsity_config(model)
+    record = {
+        "format_version": FORMAT_VERSION,
+        "hf_sparse_version": __version__,
+        "model_class": type(model).__name__,
+        "model_type": getattr(getattr(model, "config", None), "model_type", None),
+        "base_model_prefix": _base_prefix(model),
+        "sparsity_config": cfg.to_dict() if cfg is not None else None,
+        "dynamic_config": _as_dict(dynamic_config, "dynamic_config"),
+        "ift_config": _as_dict(ift_config, "ift_config"),
+        "training_stats": _as_dict(training_stats, "training_stats"),
+        "card": {"repo_id": str(save_directory), **(_as_dict(card_info, "card_info") or {})},
+        "modules": module_records(model),
+    }
+    card = render_model_card(record)  # validates the card inputs before anything is written
+    if not _is_main_process(is_main_process):
+        return None
+    final = Path(save_directory).resolve()
+    masks = {name: m.weight_mask for name, m in found.items()}
+    with (atomic_directory(final, _carry_over) if atomic else in_place_directory(final)) as tmp:
+        if not atomic:  # in place: no sparsity config (the commit record) until the new files are complete
+            (tmp / SPARSITY_CONFIG_NAME).unlink(missing_ok=True)
+        model.save_pretrained(str(tmp), **kwargs)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        mask_io.save_masks(masks, tmp / MASKS_NAME)
+        record["files"] = {f: mask_io.file_sha256(tmp / f) for f in (*mask_io.weight_files(tmp), MASKS_NAME)}
+        (tmp / SPARSITY_CONFIG_NAME).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        card.save(str(tmp / MODEL_CARD_NAME))
+    logger.info("Saved sparse checkpoint with %d sparse modules to %s.", len(found), final)
+    return final
+
+
+def read_sparsity_config(directory: Union[str, os.PathLike]) -> Dict[str, Any]:
+    """Reads and checks ``sparsity_config.json`` of a checkpoint directory (JSON only).
+
+    Raises:
+        CheckpointError: missing file, invalid JSON, unsupported format version, malformed module records.
+    """
+    path = Path(directory) / SPARSITY_CONFIG_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{SPARSITY_CONFIG_NAME} is missing from {directory}: not an hf_sparse checkpoint.")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{SPARSITY_CONFIG_NAME} in {directory} is not valid JSON: {err}.") from err
+    if not isinstance(record, dict):
+        raise CheckpointError(f"{SPARSITY_CONFIG_NAME}: expected a JSON object, got {type(record).__name__}.")
+    version = record.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT_VERSION:
+        raise CheckpointError(
+            f"{SPARSITY_CONFIG_NAME}: format_version={version!r} is not supported by hf_sparse {__version__} "
+            f"(reads 1..{FORMAT_VERSION}; written by hf_sparse {record.get('hf_sparse_version')!r}); upgrade hf_sparse."
+        )
+    modules = record.get("modules")
+    if not isinstance(modules, list) or not modules:
+        raise CheckpointError(f"{SPARSITY_CONFIG_NAME}: 'modules' must be a non-empty list.")
+    for i, rec in enumerate(modules):
+        try:
+            assert isinstance(rec["name"], str) and rec["layout"] in LAYOUTS.values()
+            assert len(rec["shape"]) == 2 and all(isinstance(s, int) and s > 0 for s in rec["shape"])
+            assert isinstance(rec["active"], int)
+            rec["_structure"] = MaskStructure(**rec["structure"])
+        except (AssertionError, KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(
+                f"{SPARSITY_CONFIG_NAME}: malformed record for module #{i} {rec!r}: {err!r}."
+            ) from err
+    names = [rec["name"] for rec in modules]
+    if len(set(names)) != len(names):
+        raise CheckpointError(f"{SPARSITY_CONFIG_NAME}: duplicate module names in {names}.")
+    return record
+
+
+def read_checkpoint(directory: Union[str, os.PathLike], verify_checksums: bool = True):
+    """Reads ``sparsity_config.json`` and the masks, checking checksums, shapes, counts and structures.
+
+    Returns:
+        ``(record, masks)``: the parsed JSON record and the boolean masks by recorded module name.
+    """
+    directory = Path(directory)
+    record = read_sparsity_config(directory)
+    files = record.get("files")
+    if not isinstance(files, dict) or MASKS_NAME not in files:
+        raise CheckpointError(f"{SPARSITY_CONFIG_NAME}: no 'files' checksums (or none for {MASKS_NAME}).")
+    for fname, digest in files.items():
+        if not (directory / fname).is_file():
+            raise CheckpointError(f"{fname} is missing from {directory} (listed in {SPARSITY_CONFIG_NAME}).")
+        if verify_checksums and mask_io.file_sha256(directory / fname) != digest:
+            raise CheckpointError(
+                f"{fname} in {directory} does not match the SHA-256 recorded in {SPARSITY_CONFIG_NAME}: it was "
+                "modified or corrupted after the checkpoint was written."
+            )
+    masks = mask_io.load_masks(directory / MASKS_NAME, {r["name"]: r["shape"] for r in record["modules"]})
+    for rec in record["modules"]:
+        mask, name = masks[rec["name"]], rec["name"]
+        if int(mask.sum()) != rec["active"]:
+            raise CheckpointError(
+                f"{MASKS_NAME}: module {name!r} has {int(mask.sum())} active weights, {SPARSITY_CONFIG_NAME} "
+                f"records {rec['active']}."
+            )
+        input_dim = 1 if rec["layout"] == "linear" else 0
+        mask_io.check_mask_structure(mask, rec["_structure"], input_dim, name)
+    return record, masks
+
+
+def _resolve_dir(path_or_repo_id: Union[str, os.PathLike], **hub_kwargs) -> Path:
+    path = Path(path_or_repo_id)
+    if path.is_dir():
+        return path
+    text = str(path_or_repo_id)
+    if path.exists() or text.startswith((".", "/", "~")) or text.count("/") > 1:
+        raise FileNotFoundError(f"{text} is not a checkpoint directory (and not a Hub repo id).")
+    from huggingface_hub import snapshot_download
+
+    # JSON, safetensors, the card and tokenizer files: never a pickle (*.bin, *.pt) from the repo.
+    patterns = ["*.json", "*.safetensors", MODEL_CARD_NAME, "*.txt", "*.model"]
+    try:
+        return Path(snapshot_download(repo_id=text, allow_patterns=patterns, **hub_kwargs))
+    except Exception as err:  # offline, unknown repo, bad id: say what we tried, keep the cause chained
+        raise OSError(
+            f"{text!r} is not a local checkpoint directory and could not be downloaded from the Hub "
+            f"({type(err).__name__}: {err})."
+        ) from err
+
+
+def _plan_restore(model: nn.Module, record: Dict[str, Any], masks: Dict[str, torch.Tensor]) -> List[tuple]:
+    """Maps every recorded module onto ``model`` and checks it, without changing anything.
+
+    Returns:
+        ``(target name, dense module, mask, structure, target density)`` per recorded module.
+    """
+    prefix = _base_prefix(model)
+    named = dict(model.named_modules())
+    plan = []
+    for rec in record["modules"]:
+        base_name = rec.get("base_name")
+        target = rec["name"] if base_name is None else (f"{prefix}.{base_name}" if prefix else base_name)
+        module = named.get(target)
+        if module is None:
+            raise CheckpointError(
+                f"{SPARSITY_CONFIG_NAME}: module {rec['name']!r} (looked up as {target!r}) does not exist in "
+                f"{type(model).__name__}."
+            )
+        cls = sparse_class_for(module)
+        if cls is None or LAYOUTS[cls.input_dim] != rec["layout"]:
+            raise CheckpointError(
+                f"{SPARSITY_CONFIG_NAME}: module {target!r} is a {type(module).__name__} in "
+                f"{type(model).__name__}, the checkpoint recorded a {rec['layout']} layer."
+            )
+        mask = masks[rec["name"]]
+        if tuple(module.weight.shape) != tuple(mask.shape):
+            raise CheckpointError(
+                f"{MASKS_NAME}: mask of module {target!r} has shape {tuple(mask.shape)}, its weight has "
+                f"{tuple(module.weight.shape)}."
+            )
+        mask = mask.to(module.weight.device)
+        leaked = int(torch.count_nonzero(module.weight.detach()[~mask]))
+        if leaked:
+            raise CheckpointError(
+                f"model weights: module {target!r} has {leaked} non-zero weights where {MASKS_NAME} marks them "
+                "inactive (corrupted weights or masks)."
+            )
+        plan.append((target, module, mask, rec["_structure"], float(rec.get("target_density", rec["density"]))))
+    return plan
+
+
+def restore_sparse_modules_(model: nn.Module, record: Dict[str, Any], masks: Dict[str, torch.Tensor]) -> nn.Module:
+    """Swaps the recorded modules of a dense ``model`` for sparse ones holding ``masks``, in place.
+
+    Everything is checked first (`_plan_restore`); on error the model is unchanged.
+
+    Args:
+        model: The model built from the checkpoint's weights.
+        record: The parsed ``sparsity_config.json``.
+        masks: Boolean masks by recorded module name.
+
+    Returns:
+        The same ``model``, sparse; ``get_sparsity_config(model)`` returns the saved `SparsityConfig`.
+    """
+    if sparse_modules(model):
+        raise ValueError(f"{type(model).__name__} already has sparse modules; restore onto a dense model.")
+    plan = _plan_restore(model, record, masks)
+    cfg = SparsityConfig.from_dict(record["sparsity_config"]) if record.get("sparsity_config") else None
+    for target, module, mask, structure, density in plan:
+        sparse = sparse_class_for(module).from_dense(module, mask, structure, density)
+        parent_name, _, child = target.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, sparse)
+    if cfg is not None:
+        model._hf_sparse_config = cfg
+    return model
+
+
+def from_pretrained(
+    model_class: Any,
+    path_or_repo_id: Union[str, os.PathLike],
+    *,
+    dense: bool = False,
+    verify_checksums: bool = True,
+    revision: Optional[str] = None,
+    token: Optional[Union[str, bool]] = None,
+    cache_dir: Optional[Union[str, os.PathLike]] = None,
+    **kwargs,
+) -> nn.Module:
+    """Loads a sparse checkpoint with any head class of its base model, restoring sparse modules and masks.
+
+    Args:
+        model_class: A transformers class (``BertForQuestionAnswering``, ``AutoModelForCausalLM``, ...); a
+            pre-training checkpoint loads into any head of the same base model.
+        path_or_repo_id: A checkpoint directory or a Hub repo id (downloaded with ``huggingface_hub``).
+        dense: Return the plain dense model (inactive weights zero) for dense fine-tuning.
+        verify_checksums: Check every file against the SHA-256 recorded at save time.
+        revision, token, cache_dir: Hub download options.
+        **kwargs: Passed to ``model_class.from_pretrained`` (e.g. ``dtype``, ``num_labels``).
+
+    Returns:
+        The model, with `SparseLinear` / `SparseConv1D` modules and their masks unless ``dense=True``.
+
+    Raises:
+        CheckpointError: missing or tampered files, unsupported format version, masks that do not fit the
+            weights or their structure, non-zero inactive weights, unknown modules; nothing is returned then.
+
+    Example:
+        >>> model = hf_sparse.from_pretrained(BertForQuestionAnswering, "out/bert-mini-s90")
+    """
+    hub_kwargs = {k: v for k, v in (("revision", revision), ("token", token), ("cache_dir", cache_dir)) if v}
+    directory = _resolve_dir(path_or_repo_id, **hub_kwargs)
+    record, masks = read_checkpoint(directory, verify_checksums=verify_checksums)
+    from transformers import AutoConfig
+
+    config = kwargs.pop("config", None) or AutoConfig.from_pretrained(str(directory))
+    if getattr(config, "sparse_ift", None):
+        if _ARCHITECTURE_HOOK is None:
+            raise CheckpointError(
+                f"config.json of {directory} describes a Sparse-IFT architecture (sparse_ift="
+                f"{config.sparse_ift!r}) but no architecture hook is registered; import hf_sparse.ift first."
+            )
+        model = _ARCHITECTURE_HOOK(model_class, directory, config, record, **kwargs)
+    else:
+        model = model_class.from_pretrained(str(directory), config=config, **kwargs)
+    n = len(record["modules"])
+    if dense:
+        _plan_restore(model, record, masks)  # the masks are validated even when the caller wants the dense model
+        logger.info("Loaded %s densely from %s (%d masks validated).", type(model).__name__, directory, n)
+        return model
+    restore_sparse_modules_(model, record, masks)
+    logger.info("Loaded %s with %d sparse modules from %s.", type(model).__name__, n, directory)
+    return model
