@@ -8,7 +8,13 @@ Example:
 """
 
 from . import flops, ift
+from .checkpoint import from_pretrained, save_pretrained
 from .config import SparseIFTConfig, SparsityConfig
+from .export import ExportReport, export, load_compressed
+from .heads import BertForPreTrainingMasked
+from .hub import push_to_hub
+from .mask_io import CheckpointError
+from .model_card import render_model_card
 from .layers import SparseConv1D, SparseLinear, is_sparse_module
 from .patching import (
     DEFAULT_TARGET_MODULES,
@@ -34,6 +40,15 @@ from .structure import MaskStructure
 from .version import __version__
 
 __all__ = [
+    "BertForPreTrainingMasked",
+    "CheckpointError",
+    "ExportReport",
+    "export",
+    "from_pretrained",
+    "load_compressed",
+    "push_to_hub",
+    "render_model_card",
+    "save_pretrained",
     "DEFAULT_TARGET_MODULES",
     "LayerSparsity",
     "MaskStructure",

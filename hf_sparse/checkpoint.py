@@ -22,7 +22,7 @@ import os
 import re
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 import torch
 from torch import nn
@@ -30,9 +30,10 @@ from torch import nn
 from . import mask_io
 from .atomic import atomic_directory, in_place_directory, is_main_process as _is_main_process
 from .config import SparsityConfig
-from .layers import sparse_class_for
+from .ift import from_pretrained_sparse_ift
+from .layers import is_sparse_module, sparse_class_for
 from .mask_io import CheckpointError, MASKS_NAME
-from .patching import get_sparsity_config, sparse_modules
+from .patching import densify_, get_sparsity_config, sparse_modules
 from .structure import MaskStructure
 from .version import __version__
 
@@ -53,20 +54,6 @@ _OWNED = re.compile(
 
 def _carry_over(entry: str) -> bool:
     return _OWNED.fullmatch(entry) is None
-
-
-#: Hook point for architectures whose module structure is recorded in ``config.json`` (Sparse-IFT variants
-#: such as Sparse Wide / Parallel / Factorized). When the loaded ``config`` carries ``sparse_ift``, the hook is
-#: called as ``hook(model_class, path, config, record, **kwargs) -> model`` and must return the model rebuilt
-#: with its weights loaded; `from_pretrained` then restores masks on it as usual. ``hf_sparse.ift`` registers
-#: it with `register_architecture_hook`; without one such a checkpoint is refused rather than mis-loaded.
-_ARCHITECTURE_HOOK: Optional[Callable[..., nn.Module]] = None
-
-
-def register_architecture_hook(hook: Optional[Callable[..., nn.Module]]) -> None:
-    """Registers the builder for checkpoints whose ``config.json`` has ``sparse_ift`` (see `_ARCHITECTURE_HOOK`)."""
-    global _ARCHITECTURE_HOOK
-    _ARCHITECTURE_HOOK = hook
 
 
 def _as_dict(obj: Any, what: str) -> Optional[Dict[str, Any]]:
@@ -304,7 +291,8 @@ def _plan_restore(model: nn.Module, record: Dict[str, Any], masks: Dict[str, tor
                 f"{SPARSITY_CONFIG_NAME}: module {rec['name']!r} (looked up as {target!r}) does not exist in "
                 f"{type(model).__name__}."
             )
-        cls = sparse_class_for(module)
+        # A Sparse-IFT model is rebuilt with its sparse modules in place; a plain one holds dense layers.
+        cls = type(module) if is_sparse_module(module) else sparse_class_for(module)
         if cls is None or LAYOUTS[cls.input_dim] != rec["layout"]:
             raise CheckpointError(
                 f"{SPARSITY_CONFIG_NAME}: module {target!r} is a {type(module).__name__} in "
@@ -324,6 +312,12 @@ def _plan_restore(model: nn.Module, record: Dict[str, Any], masks: Dict[str, tor
                 "inactive (corrupted weights or masks)."
             )
         plan.append((target, module, mask, rec["_structure"], float(rec.get("target_density", rec["density"]))))
+    unrecorded = sorted(set(sparse_modules(model)) - {p[0] for p in plan})
+    if unrecorded:
+        raise CheckpointError(
+            f"{SPARSITY_CONFIG_NAME}: the rebuilt {type(model).__name__} has sparse modules with no recorded "
+            f"mask: {unrecorded[:5]}."
+        )
     return plan
 
 
@@ -340,11 +334,13 @@ def restore_sparse_modules_(model: nn.Module, record: Dict[str, Any], masks: Dic
     Returns:
         The same ``model``, sparse; ``get_sparsity_config(model)`` returns the saved `SparsityConfig`.
     """
-    if sparse_modules(model):
-        raise ValueError(f"{type(model).__name__} already has sparse modules; restore onto a dense model.")
     plan = _plan_restore(model, record, masks)
     cfg = SparsityConfig.from_dict(record["sparsity_config"]) if record.get("sparsity_config") else None
     for target, module, mask, structure, density in plan:
+        if is_sparse_module(module):  # rebuilt Sparse-IFT layer: replace its initial mask with the saved one
+            module.set_mask_(mask, zero_inactive=False)
+            module.structure, module.target_density = structure, density
+            continue
         sparse = sparse_class_for(module).from_dense(module, mask, structure, density)
         parent_name, _, child = target.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, sparse)
@@ -392,17 +388,16 @@ def from_pretrained(
 
     config = kwargs.pop("config", None) or AutoConfig.from_pretrained(str(directory))
     if getattr(config, "sparse_ift", None):
-        if _ARCHITECTURE_HOOK is None:
-            raise CheckpointError(
-                f"config.json of {directory} describes a Sparse-IFT architecture (sparse_ift="
-                f"{config.sparse_ift!r}) but no architecture hook is registered; import hf_sparse.ift first."
-            )
-        model = _ARCHITECTURE_HOOK(model_class, directory, config, record, **kwargs)
+        # Parallel / Factorized / Doped change the module tree: rebuild it from config.json, load the weights
+        # (safetensors only), then put the saved masks on the rebuilt sparse layers below.
+        model = from_pretrained_sparse_ift(model_class, directory, masks="nonzero")
     else:
         model = model_class.from_pretrained(str(directory), config=config, **kwargs)
     n = len(record["modules"])
     if dense:
         _plan_restore(model, record, masks)  # the masks are validated even when the caller wants the dense model
+        if sparse_modules(model):
+            densify_(model)
         logger.info("Loaded %s densely from %s (%d masks validated).", type(model).__name__, directory, n)
         return model
     restore_sparse_modules_(model, record, masks)

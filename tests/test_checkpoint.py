@@ -364,25 +364,37 @@ def test_unreachable_repo_id_is_a_clear_error(tmp_path, monkeypatch):
         ckpt.from_pretrained(BertForPreTraining, "org/missing-model")
 
 
-def test_sparse_ift_architecture_hook(saved):
-    path, model = saved
-    config = json.loads((path / "config.json").read_text())
-    config["sparse_ift"] = {"transformation": "wide", "sparsity": 0.5}
-    (path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match="Sparse-IFT architecture .* no architecture hook"):
-        ckpt.from_pretrained(BertForPreTraining, path)
-    calls = []
+@pytest.mark.parametrize("kind", ["wide", "parallel", "factorized", "doped"])
+def test_sparse_ift_round_trip_after_mask_change(tmp_path, kind):
+    from transformers import GPT2LMHeadModel
 
-    def hook(model_class, directory, config, record, **kwargs):
-        calls.append(config.sparse_ift["transformation"])
-        return model_class.from_pretrained(str(directory), config=config, **kwargs)
+    from hf_sparse import SparseIFTConfig, apply_sparse_ift
 
-    ckpt.register_architecture_hook(hook)
-    try:
-        loaded = ckpt.from_pretrained(BertForPreTraining, path)
-    finally:
-        ckpt.register_architecture_hook(None)
-    assert calls == ["wide"] and list(sparse_modules(loaded)) == list(sparse_modules(model))
+    from conftest import tiny_gpt2_config
+
+    torch.manual_seed(0)
+    model = apply_sparse_ift(GPT2LMHeadModel, tiny_gpt2_config(), SparseIFTConfig(kind=kind, sparsity=0.5))
+    # Simulate a dynamic-sparsity update: new masks, one newly active weight exactly zero.
+    gen = torch.Generator().manual_seed(1)
+    for m in sparse_modules(model).values():
+        flat = m.weight_mask.flatten()
+        new = flat[torch.randperm(flat.numel(), generator=gen)].view(m.weight_mask.shape)
+        with torch.no_grad():
+            m.weight.copy_(torch.randn(m.weight.shape, generator=gen))
+        m.set_mask_(new)
+    first = next(iter(sparse_modules(model).values()))
+    with torch.no_grad():
+        first.weight[first.weight_mask.nonzero()[0].tolist()] = 0.0
+    path = ckpt.save_pretrained(model, tmp_path / kind)
+    loaded = ckpt.from_pretrained(GPT2LMHeadModel, path).eval()
+    assert list(sparse_modules(loaded)) == list(sparse_modules(model))
+    for (name, a), b in zip(sparse_modules(model).items(), sparse_modules(loaded).values()):
+        assert torch.equal(a.weight_mask, b.weight_mask), name
+    ids = torch.randint(0, 128, (2, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model.eval()(ids).logits)
+    dense = ckpt.from_pretrained(GPT2LMHeadModel, path, dense=True)
+    assert not sparse_modules(dense)
 
 
 def test_tokenizer_saved_alongside(tmp_path):
