@@ -126,4 +126,6 @@ def test_wheel_ships_template(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                     str(tmp_path / "dist"), str(src)], check=True, capture_output=True)
     (wheel,) = (tmp_path / "dist").glob("*.whl")
-    assert "hf_sparse/model_cards/sparse_model.md" in zipfile.ZipFile(wheel).namelist()
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "hf_sparse/model_cards/sparse_model.md" in names
+    assert "hf_sparse/data/squad_v1/squad_v1.py" in names  # the offline evaluate module for SQuAD EM / F1
