@@ -228,6 +228,15 @@ class ThresholdSparsityTracker:
             out[group] = torch.stack([p[group] for p in per]).cpu()
         return out
 
+    def history_dict(self) -> Dict[str, object]:
+        """JSON-ready history: ``{"thresholds": [...], "step": [...], "sparsity": {group: [[s per eps] per record]}}``."""
+        hist = self.history()
+        return {
+            "thresholds": list(self.thresholds),
+            "step": hist["step"].tolist(),
+            "sparsity": {g: v.tolist() for g, v in hist.items() if g != "step"},
+        }
+
     def logs(self, prefix: str = "threshold_sparsity") -> Dict[str, float]:
         """Flat ``{f"{prefix}/{group}@2^-13": s}`` of the latest measurement, for ``Trainer.log``."""
         if not self._records:

@@ -65,8 +65,8 @@ class WeightTrajectoryRecorder:
 
     @torch.no_grad()
     def step(self, global_step: int, force: bool = False) -> bool:
-        """Records a snapshot when ``global_step`` is a multiple of ``every`` (or ``force``)."""
-        if not force and global_step % self.every:
+        """Records a snapshot when ``global_step`` is a multiple of ``every`` (or ``force``), once per step."""
+        if (not force and global_step % self.every) or (self.steps and self.steps[-1] == global_step):
             return False
         parts = [effective_weight(m).detach().flatten()[self.indices[n]].float() for n, m in self.modules.items()]
         self._snapshots.append(torch.cat([p.to(parts[0].device) for p in parts]))

@@ -265,3 +265,36 @@ def test_trajectory_recorder_samples_fixed_masked_weights():
     restored = WeightTrajectoryRecorder.for_model(model, num_samples=16, seed=3, every=2)
     restored.load_state_dict(rec.state_dict())
     assert torch.equal(restored.series(), series)
+
+
+@pytest.mark.slow
+def test_metrics_callback_with_vanilla_trainer(tmp_path):
+    import json
+
+    from safetensors.torch import load_file
+    from transformers import Trainer, TrainingArguments
+
+    from hf_sparse.metrics_callback import MetricsCallback
+
+    model = _bert(0.5)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 128, (8, 8), generator=g)
+    data = [{"input_ids": ids[i], "labels": torch.tensor(i % 2)} for i in range(8)]
+    tracker = ThresholdSparsityTracker(model, every=2)
+    recorder = WeightTrajectoryRecorder.for_model(model, num_samples=4)
+    args = TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=4, learning_rate=1e-3, report_to=[],
+        save_strategy="steps", save_steps=2, logging_steps=2, use_cpu=True, disable_tqdm=True,
+    )
+    Trainer(model=model, args=args, train_dataset=data, callbacks=[MetricsCallback(tracker, recorder)]).train()
+    assert tracker.steps == [0, 2, 4] and recorder.steps == [0, 1, 2, 3, 4]
+    saved = json.loads((tmp_path / "threshold_sparsity.json").read_text())
+    assert saved["step"] == [0, 2, 4] and len(saved["sparsity"]["qkv"]) == 3
+    assert saved["sparsity"]["all"][-1] == pytest.approx(tracker.history()["all"][-1].tolist())
+    assert json.loads((tmp_path / "checkpoint-2" / "threshold_sparsity.json").read_text())["step"] == [0, 2]
+    state = json.loads((tmp_path / "checkpoint-4" / "trainer_state.json").read_text())
+    train_logs = [e for e in state["log_history"] if "loss" in e]
+    assert train_logs and all("threshold_sparsity/all@2^-13" in e for e in train_logs)
+    assert train_logs[-1]["threshold_sparsity/all@2^-13"] == pytest.approx(saved["sparsity"]["all"][-1][0])
+    traj = load_file(str(tmp_path / "weight_trajectories.safetensors"))
+    assert traj["series"].shape == (5, 12 * 4) and traj["step"].tolist() == [0, 1, 2, 3, 4]
