@@ -137,8 +137,8 @@ def test_group_lasso_hand_computed_blocks_and_zero_block():
         for bj in range(2):
             blk = w[2 * bi:2 * bi + 2, 2 * bj:2 * bj + 2]
             norm = math.sqrt(float((blk ** 2).sum()) + eps)
-            # Eq. 2 with sqrt(|B|) = sqrt(4) = 2
-            expected[2 * bi:2 * bi + 2, 2 * bj:2 * bj + 2] = blk - lr * lam * w_std * 2 * blk / norm
+            # Eq. 2 with B = 2 (2x2 blocks): sqrt(B) = sqrt(2)
+            expected[2 * bi:2 * bi + 2, 2 * bj:2 * bj + 2] = blk - lr * lam * w_std * math.sqrt(2) * blk / norm
     got = model.a.weight.double()
     assert torch.allclose(got, expected, atol=1e-7)
     assert torch.isfinite(got).all()
@@ -171,7 +171,7 @@ def test_group_lasso_uses_sparse_block_structure_and_keeps_inactive_zero():
     reg.apply_(model, lr=0.01)
     blocks = before.reshape(8, 4, 8, 4)
     norm = blocks.square().sum(dim=(1, 3), keepdim=True).add(1e-6).sqrt()
-    expected = (blocks * (1 - 0.01 * 0.02 * 4 / norm)).reshape(32, 32)
+    expected = (blocks * (1 - 0.01 * 0.02 * 2 / norm)).reshape(32, 32)  # sqrt(B) = sqrt(4)
     assert torch.allclose(layer.weight, expected, atol=1e-7)
     assert not layer.weight[~layer.weight_mask].any()
 

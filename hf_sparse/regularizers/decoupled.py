@@ -8,6 +8,7 @@ shrink ``W <- W * c(W)``, so inactive (exactly zero) weights of sparse layers st
 
 from __future__ import annotations
 
+import math
 from typing import Dict
 
 import torch
@@ -35,14 +36,15 @@ class WeightDecay(Regularizer):
 class GroupLasso(Regularizer):
     """Decoupled Group Lasso over the blocks of each layer (DynSparse paper, Eq. 2).
 
-    ``W_ij <- W_ij - lr * lambda * w_std * sqrt(|B|) * W_ij / sqrt(sum_{block of ij} W^2 + eps)``.
+    ``W_ij <- W_ij - lr * lambda * w_std * sqrt(B) * W_ij / sqrt(sum_{block of ij} W^2 + eps)``.
 
     The blocks are the layer's mask blocks (``structure.block_size``) unless ``config.block_size`` is set;
     unstructured and N:M layers use single weights (then it is a decoupled L1 scaled by ``w_std``).
-    ``sqrt(|B|)`` is the square root of the number of weights in a block (``B`` for ``B x B`` blocks): the paper
-    picks the pre-factors so that Group Lasso and weight decay have comparable coefficients, and a block of
-    weights at init scale has norm ``w_std * sqrt(|B|)``, so the step is then ``lr * lambda * W`` exactly
-    like weight decay. ``eps`` keeps all-zero (inactive) blocks at exactly zero instead of 0/0.
+    ``B`` is the block size as the paper defines it, the side of a ``B x B`` block (its Algorithm 1 input and
+    "block size B = 16" for 16x16 blocks). Note: the paper motivates ``w_std * sqrt(B)`` as making Group Lasso
+    and weight decay coefficients comparable; at init a block's norm is ``w_std * B``, so the step is
+    ``lr * lambda * W / sqrt(B)``, within a factor ``sqrt(B)`` of weight decay. ``eps`` keeps all-zero
+    (inactive) blocks at exactly zero instead of 0/0.
     ``proximal=True`` clamps the shrink factor at 0 (block soft-thresholding: a block can reach zero but
     never flip sign); the default follows Eq. 2 as written.
 
@@ -73,7 +75,7 @@ class GroupLasso(Regularizer):
         rows, cols = w.shape
         blocks = w.float().reshape(rows // b, b, cols // b, b)
         norms = blocks.square().sum(dim=(1, 3), keepdim=True).add_(self.config.eps).sqrt_()
-        factor = 1.0 - (scale * self.config.w_std * b) / norms  # sqrt(b*b) = b weights per block side
+        factor = 1.0 - (scale * self.config.w_std * math.sqrt(b)) / norms
         if self.config.proximal:
             factor.clamp_(min=0.0)
         w.copy_((blocks * factor).reshape(rows, cols))
