@@ -84,11 +84,13 @@ def count_below(weight: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
     """Number of entries with ``|w| < eps`` for each threshold (int64, on the weight's device, no host sync).
 
     One pass: ``bucketize`` gives each weight the number of thresholds ``<= |w|``; a histogram of that and
-    its cumulative sum count the weights below every threshold at once.
+    its cumulative sum count the weights below every threshold at once. Magnitudes are compared in float32
+    (exact for fp16 / bf16 / fp32 weights and for power-of-two thresholds).
     """
-    mags = weight.detach().abs().flatten().to(thresholds.dtype)
-    idx = torch.bucketize(mags, thresholds, right=True)
-    return torch.bincount(idx, minlength=thresholds.numel() + 1).cumsum(0)[:-1]
+    thr = thresholds.to(device=weight.device, dtype=torch.float32)
+    mags = weight.detach().abs().flatten().float()
+    idx = torch.bucketize(mags, thr, right=True)
+    return torch.bincount(idx, minlength=thr.numel() + 1).cumsum(0)[:-1]
 
 
 @dataclass
