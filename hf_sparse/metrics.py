@@ -119,6 +119,13 @@ class ThresholdSparsity:
         out["all"] = self.below.sum(0).double() / self.numel.sum().double()
         return out
 
+    def density_by_group(self, eps: float) -> Dict[str, float]:
+        """``1 - s(eps)`` per module group (without ``"all"``): the densities `sparse_flops` scales by."""
+        if eps not in self.thresholds:
+            raise ValueError(f"eps={eps!r} is not a measured threshold ({list(self.thresholds)}).")
+        col = self.thresholds.index(eps)
+        return {g: 1.0 - float(v[col]) for g, v in self.by_group().items() if g != "all"}
+
     def by_layer(self) -> Dict[str, torch.Tensor]:
         """``s(eps)`` per layer."""
         frac = self.below.double() / self.numel.double().unsqueeze(1)
@@ -224,10 +231,16 @@ class ThresholdSparsityTracker:
         """``{"step": [N], group: [N, len(thresholds)]}`` float64 CPU tensors of ``s(eps)`` over training."""
         if not self._records:
             return {"step": torch.zeros(0, dtype=torch.long)}
+        below = torch.stack([r.below for r in self._records]).double().cpu()  # [N, layers, thresholds]
+        first = self._records[0]
+        names = list(dict.fromkeys(first.groups))
+        onehot = torch.tensor([[float(g == name) for g in first.groups] for name in names], dtype=torch.float64)
+        numel = first.numel.double().cpu()
+        per_group = torch.einsum("gm,nmt->gnt", onehot, below) / (onehot @ numel)[:, None, None]
         out: Dict[str, torch.Tensor] = {"step": torch.tensor(self.steps)}
-        per = [r.by_group() for r in self._records]
-        for group in per[0]:
-            out[group] = torch.stack([p[group] for p in per]).cpu()
+        for i, name in enumerate(names):
+            out[name] = per_group[i]
+        out["all"] = below.sum(1) / numel.sum()
         return out
 
     def history_dict(self) -> Dict[str, object]:

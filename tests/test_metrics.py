@@ -106,6 +106,9 @@ def test_threshold_sparsity_matches_direct_count(family):
     row = result.to_dict()["qkv"]
     assert list(row) == [f"2^{k}" for k in range(-13, -7)]
     assert all(row[a] <= row[b] for a, b in zip(list(row), list(row)[1:]))
+    dens = result.density_by_group(2.0**-10)
+    assert set(dens) == {"qkv", "attn_out", "ffn_up", "ffn_down"}
+    assert dens["ffn_up"] == pytest.approx(1 - _direct_group_sparsity(model, 2.0**-10)["ffn_up"])
     layer = result.by_layer()
     name = next(iter(layer))
     w = effective_weight(measured_modules(model)[name]).detach()

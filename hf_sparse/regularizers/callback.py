@@ -101,8 +101,8 @@ class RegularizerCallback(TrainerCallback):
                     )
 
     def on_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
-        if model is None or optimizer is None:
-            return
+        if model is None or optimizer is None or getattr(optimizer, "step_was_skipped", False):
+            return  # no step happened (e.g. fp16 overflow): no decoupled update either
         for reg in self.regularizers:
             if reg.coupled:
                 continue
