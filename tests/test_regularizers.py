@@ -27,7 +27,9 @@ from hf_sparse.regularizers import (
     drt_ratio,
     effective_weight,
     fold_,
+    fold_checkpoint,
     fold_state_dict,
+    folded_state_dict,
 )
 
 from conftest import tiny_bert_config, tiny_gpt2_config
@@ -444,3 +446,48 @@ def test_callback_refuses_unprepared_reparametrisation(tmp_path):
         RegularizerCallback([reg]).on_train_begin(args, None, None, model=model, optimizer=optimizer)
     with pytest.raises(TypeError):
         RegularizerCallback([object()])
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_fold_checkpoint_loads_with_vanilla_from_pretrained(tmp_path, sharded):
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_bert_config()).eval()
+    reg = Spred(strength=0.1)
+    reg.prepare_(model)
+    with torch.no_grad():
+        for m in reg.targets(model).values():
+            m.parametrizations.weight[0].u.mul_(1.7)
+    ids = torch.randint(0, 128, (2, 8))
+    ref = _outputs(model, ids)
+    src, dst = tmp_path / "ckpt", tmp_path / "folded"
+    model.save_pretrained(src, max_shard_size="40KB" if sharded else "1GB")
+    assert (src / "model.safetensors.index.json").exists() == sharded
+    layers = fold_checkpoint(src, dst)
+    assert len(layers) == 12
+    plain = BertForSequenceClassification.from_pretrained(dst).eval()
+    assert torch.allclose(_outputs(plain, ids), ref, atol=1e-6)
+    # the source is untouched and still resumes into a reparametrised model
+    resumed = BertForSequenceClassification(tiny_bert_config()).eval()
+    Spred(strength=0.1).prepare_(resumed)
+    from safetensors.torch import load_file
+
+    state = {}
+    for f in sorted(src.glob("*.safetensors")):
+        state.update(load_file(str(f)))
+    resumed.load_state_dict(state, strict=True)
+    assert torch.allclose(_outputs(resumed, ids), ref, atol=1e-6)
+    assert torch.equal(folded_state_dict(resumed)["bert.encoder.layer.0.attention.self.query.weight"],
+                       effective_weight(resumed.bert.encoder.layer[0].attention.self.query))
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        fold_checkpoint(tmp_path / "nothing")
+
+
+def test_config_parses_with_hf_argument_parser():
+    from transformers import HfArgumentParser
+
+    (cfg,) = HfArgumentParser(RegularizerConfig).parse_args_into_dataclasses(
+        ["--name", "group_lasso", "--strength", "1e-3", "--block_size", "16", "--proximal", "true", "--end_step", "9"]
+    )
+    assert cfg == RegularizerConfig(name="group_lasso", strength=1e-3, block_size=16, proximal=True, end_step=9)
+    (cfg,) = HfArgumentParser(RegularizerConfig).parse_dict({"name": "pwd", "p": 0.5, "target_modules": ["query"]})
+    assert cfg.p == 0.5 and cfg.target_modules == ["query"]

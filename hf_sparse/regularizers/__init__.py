@@ -31,11 +31,20 @@ from .base import (
 from .callback import RegularizedLossMixin, RegularizerCallback, add_penalty, optimizer_lr
 from .coupled import L1
 from .decoupled import DeepRelativeTrust, GroupLasso, PNormWeightDecay, WeightDecay, drt_ratio
-from .parametrized import STR, Hadamard, SoftThreshold, Spred, fold_, fold_state_dict
+from .parametrized import (
+    STR,
+    Hadamard,
+    SoftThreshold,
+    Spred,
+    fold_,
+    fold_checkpoint,
+    fold_state_dict,
+    folded_state_dict,
+)
 
 __all__ = [
     "REGISTRY", "Regularizer", "build_regularizer", "effective_weight", "raw_weight", "register_regularizer",
     "resolve_targets", "RegularizedLossMixin", "RegularizerCallback", "add_penalty", "optimizer_lr", "L1",
     "DeepRelativeTrust", "GroupLasso", "PNormWeightDecay", "WeightDecay", "drt_ratio", "STR", "Hadamard",
-    "SoftThreshold", "Spred", "fold_", "fold_state_dict",
+    "SoftThreshold", "Spred", "fold_", "fold_checkpoint", "fold_state_dict", "folded_state_dict",
 ]

@@ -11,8 +11,11 @@ checkpoint written during training can be turned into one vanilla ``from_pretrai
 
 from __future__ import annotations
 
+import json
 import logging
-from typing import Dict, Iterable, List, Mapping
+import os
+import shutil
+from typing import Dict, Iterable, List, Mapping, Optional, Union
 
 import torch
 from torch import nn
@@ -219,3 +222,81 @@ def fold_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.T
         if key not in consumed:
             out[key] = value
     return out
+
+
+def folded_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """The model's state dict with STR / spred folded into plain weights, without changing the model.
+
+    Example:
+        >>> model.save_pretrained(out_dir, state_dict=folded_state_dict(model))
+    """
+    return fold_state_dict(model.state_dict())
+
+
+SAFE_WEIGHTS = "model.safetensors"
+SAFE_INDEX = "model.safetensors.index.json"
+
+
+def fold_checkpoint(
+    directory: Union[str, os.PathLike], output_dir: Optional[Union[str, os.PathLike]] = None
+) -> List[str]:
+    """Folds the STR / spred weights of a saved checkpoint so vanilla ``from_pretrained`` loads it.
+
+    Reads ``model.safetensors`` (or the shards listed in ``model.safetensors.index.json``), folds every
+    reparametrised layer (see `fold_state_dict`), and writes the result to ``output_dir`` (default: in place),
+    keeping every other file. Everything is read and folded before anything is written, and only safetensors
+    are read.
+
+    Args:
+        directory: A checkpoint written by ``save_pretrained`` of a reparametrised model.
+        output_dir: Where to write the folded checkpoint (copied from ``directory`` first when different).
+
+    Returns:
+        Names of the folded layers.
+
+    Example:
+        >>> fold_checkpoint("run/checkpoint-1000", "run/folded")
+        >>> AutoModel.from_pretrained("run/folded")
+    """
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    src = os.fspath(directory)
+    index_path = os.path.join(src, SAFE_INDEX)
+    if os.path.isfile(index_path):
+        with open(index_path, encoding="utf-8") as f:
+            index = json.load(f)
+        shard_of = dict(index["weight_map"])
+    elif os.path.isfile(os.path.join(src, SAFE_WEIGHTS)):
+        index, shard_of = None, None
+    else:
+        raise FileNotFoundError(f"No {SAFE_WEIGHTS} or {SAFE_INDEX} in {src!r}.")
+    files = sorted(set(shard_of.values())) if shard_of else [SAFE_WEIGHTS]
+    state: Dict[str, torch.Tensor] = {}
+    metadata: Dict[str, Optional[Dict[str, str]]] = {}
+    for name in files:
+        with safe_open(os.path.join(src, name), framework="pt") as f:
+            metadata[name] = f.metadata()
+            for key in f.keys():
+                state[key] = f.get_tensor(key)
+    folded = fold_state_dict(state)
+    layers = sorted(k[: -len(_ORIGINAL)] for k in state if k.endswith(_ORIGINAL))
+    if shard_of is None:
+        shard_of = {k: SAFE_WEIGHTS for k in state}
+    new_shard_of = {}
+    for key in folded:
+        origin = key if key in shard_of else key[: -len(".weight")] + _ORIGINAL
+        new_shard_of[key] = shard_of[origin]
+
+    dst = os.fspath(output_dir) if output_dir is not None else src
+    if os.path.abspath(dst) != os.path.abspath(src):
+        shutil.copytree(src, dst, dirs_exist_ok=True)
+    for name in files:
+        part = {k: v.contiguous() for k, v in folded.items() if new_shard_of[k] == name}
+        save_file(part, os.path.join(dst, name), metadata=metadata[name] or {"format": "pt"})
+    if index is not None:
+        index = dict(index, weight_map=dict(sorted(new_shard_of.items())))
+        with open(os.path.join(dst, SAFE_INDEX), "w", encoding="utf-8") as f:
+            json.dump(index, f, indent=2)
+    logger.info("Folded %d reparametrised layers of %s into %s.", len(layers), src, dst)
+    return layers
