@@ -118,6 +118,16 @@ def test_targets_default_to_sparse_layers_then_model_type_defaults():
     assert all(n.endswith("query") for n in reg.targets(sparse))
     with pytest.raises(ValueError, match="nope"):
         WeightDecay(strength=1.0, target_modules=["nope"]).targets(sparse)
+    # Explicit targets on a sparsified / reparametrised model: sparse and dense layers alike, classes intact.
+    reg = WeightDecay(strength=1.0, target_modules=["query", "key"])
+    assert [n.rsplit(".", 1)[-1] for n in reg.targets(sparse)] == ["query", "key"] * 2
+    assert type(sparse.bert.encoder.layer[0].attention.self.query) is SparseLinear
+    STR(strength=0.1, target_modules=["query"]).prepare_(sparse)
+    names = list(WeightDecay(strength=1.0, target_modules="all-linear").targets(sparse))
+    assert len(names) == 13 and names[-1] == "bert.pooler.dense"
+    assert isinstance(sparse.bert.encoder.layer[0].attention.self.query, SparseLinear)
+    assert type(sparse.bert.encoder.layer[0].attention.self.query).__name__ == "ParametrizedSparseLinear"
+    assert type(sparse.bert.encoder.layer[0].attention.self.key) is nn.Linear
 
 
 # ---- decoupled updates vs hand-computed steps ---------------------------------------------------------------------

@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..config import RegularizerConfig, SparsityConfig
-from ..layers import is_sparse_module
+from ..layers import SPARSE_CLASSES, SparseMixin, is_sparse_module
 from ..patching import _matches, find_target_modules, sparse_modules
 
 logger = logging.getLogger(__name__)
@@ -104,23 +104,28 @@ def resolve_targets(model: nn.Module, config: RegularizerConfig) -> Dict[str, nn
             raise ValueError(f"No sparse modules of {type(model).__name__} left after exclude_modules.")
         return found
     spec = SparsityConfig(sparsity=0.0, target_modules=config.target_modules, exclude_modules=config.exclude_modules)
-    with _unparametrized_classes(model):
+    with _plain_classes(model):
         return find_target_modules(model, spec)
 
 
 @contextlib.contextmanager
-def _unparametrized_classes(model: nn.Module):
-    """Temporarily gives reparametrised layers their plain class back.
+def _plain_classes(model: nn.Module):
+    """Temporarily gives reparametrised and sparse layers their plain ``nn.Linear`` / ``Conv1D`` class.
 
-    ``find_target_modules`` accepts only exact ``nn.Linear`` / ``Conv1D`` types, while
-    ``torch.nn.utils.parametrize`` swaps a layer's class for a generated subclass (``ParametrizedLinear``);
-    name resolution does not touch the weights, so the plain class is safe for its duration.
+    ``find_target_modules`` accepts only modules whose exact type is ``nn.Linear`` / ``Conv1D``, while
+    ``torch.nn.utils.parametrize`` swaps a layer's class for a generated subclass (``ParametrizedLinear``) and
+    sparsified layers are ``SparseLinear`` / ``SparseConv1D``. Name resolution only walks the module tree (no
+    forward, no weights), so the plain class is safe for its duration; the classes are restored in ``finally``.
     """
     swapped = []
     for module in model.modules():
-        if parametrize.is_parametrized(module):
-            swapped.append((module, module.__class__))
-            module.__class__ = module.__class__.__bases__[0]
+        cls = type(module)
+        plain = cls.__bases__[0] if parametrize.is_parametrized(module) else cls
+        if issubclass(plain, SparseMixin):
+            plain = next(c for c in plain.__mro__ if c in SPARSE_CLASSES)
+        if plain is not cls:
+            swapped.append((module, cls))
+            module.__class__ = plain
     try:
         yield
     finally:
