@@ -263,10 +263,11 @@ class ThresholdSparsityTracker:
         }
 
     def mean_density(self, eps: float, total_steps: Optional[int] = None) -> Dict[str, float]:
-        """Time-averaged density ``1 - s(eps)`` per group over steps ``[first record, total_steps)``.
+        """Time-averaged density ``1 - s(eps)`` per module group (ready for `sparse_flops`) over steps ``[first record, total_steps)``.
 
         Each measurement holds until the next one (the last until ``total_steps``, default one interval
-        after it): the average density rho-bar that scales the pre-training FLOPs (003 Eq. 7).
+        after it; a record taken at ``total_steps`` itself, after the last update, gets no weight): the
+        average density rho-bar that scales the pre-training FLOPs (003 Eq. 7).
         """
         if eps not in self.thresholds:
             raise ValueError(f"eps={eps!r} is not a tracked threshold ({list(self.thresholds)}).")
@@ -276,11 +277,13 @@ class ThresholdSparsityTracker:
         col = self.thresholds.index(eps)
         steps = hist["step"].double()
         end = float(total_steps) if total_steps is not None else float(steps[-1]) + self.every
-        if end <= float(steps[-1]):
-            raise ValueError(f"total_steps={total_steps!r} must be after the last record (step {int(steps[-1])}).")
+        if end < float(steps[-1]):
+            raise ValueError(f"total_steps={total_steps!r} is before the last record (step {int(steps[-1])}).")
         durations = torch.diff(torch.cat([steps, steps.new_tensor([end])]))
+        if float(durations.sum()) == 0.0:  # a single record at the very end: it is the only information
+            durations[-1] = 1.0
         weights = durations / durations.sum()
-        return {g: float((1.0 - v[:, col]) @ weights) for g, v in hist.items() if g != "step"}
+        return {g: float((1.0 - v[:, col]) @ weights) for g, v in hist.items() if g not in ("step", "all")}
 
     def state_dict(self) -> Dict[str, torch.Tensor]:
         """Tensors to save with a checkpoint (steps and per-layer counts)."""

@@ -158,6 +158,9 @@ def test_tracker_records_every_n_steps_and_mean_density():
     assert tracker.mean_density(2.0**-13, total_steps=40)["ffn_up"] == pytest.approx(25 / 40)
     logs = tracker.logs()
     assert logs["threshold_sparsity/all@2^-8"] == pytest.approx(0.5) and len(logs) == 6 * 5
+    assert tracker.mean_density(2.0**-13, total_steps=20)["qkv"] == pytest.approx(0.75)  # record at 20: no weight
+    with pytest.raises(ValueError, match="total_steps=19"):
+        tracker.mean_density(2.0**-13, total_steps=19)
     with pytest.raises(ValueError, match="not a tracked threshold"):
         tracker.mean_density(0.1)
     restored = ThresholdSparsityTracker(model, every=10)
@@ -301,3 +304,38 @@ def test_metrics_callback_with_vanilla_trainer(tmp_path):
     assert train_logs[-1]["threshold_sparsity/all@2^-13"] == pytest.approx(saved["sparsity"]["all"][-1][0])
     traj = load_file(str(tmp_path / "weight_trajectories.safetensors"))
     assert traj["series"].shape == (5, 12 * 4) and traj["step"].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_plain_loop_regularizer_tracker_and_advantage_end_to_end():
+    """Sparse BERT + Group Lasso in a plain loop: the tracker sees sparsity grow and feeds the advantage."""
+    from hf_sparse.regularizers import GroupLasso
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_bert_config())
+    sparsify_(model, SparsityConfig(sparsity=0.5, structure="block", block_size=4))
+    reg = GroupLasso(strength=1000.0, proximal=True)  # lr*lambda*w_std*sqrt(B) = 0.04 ~ half a block norm
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / 40)
+    tracker = ThresholdSparsityTracker(model, every=5)
+    ids = torch.randint(1, 128, (4, 8))
+    labels = torch.tensor([0, 1, 0, 1])
+    for step in range(20):
+        tracker.step(step)
+        loss = model(input_ids=ids, labels=labels).loss
+        loss.backward()
+        opt.step()
+        reg.apply_(model, lr=sched.get_last_lr()[0], step=step)
+        sched.step()
+        opt.zero_grad()
+    tracker.step(20)
+    hist = tracker.history()["all"][:, 0]
+    assert hist[0] == pytest.approx(0.5, abs=0.01) and hist[-1] > hist[0] + 0.1  # whole blocks reach exactly zero
+    for m in sparse_modules(model).values():  # inactive weights stayed exactly zero
+        assert not m.weight[~m.weight_mask].any()
+    density = tracker.mean_density(2.0**-13, total_steps=20)
+    flops = {"qkv": 3.0, "attn_out": 1.0, "ffn_up": 4.0, "ffn_down": 4.0, "attention": 2.0}
+    spent = sparse_flops(flops, density)
+    assert spent == pytest.approx(sum(flops[g] * density.get(g, 1.0) for g in flops))
+    assert spent < 2.0 + 12 * 0.5  # densities <= 0.5 on the 12 linear FLOPs, attention matmuls stay dense
+    adv = pretraining_advantage(PILE_SCALING_LAW.loss(spent * 1e18), spent * 1e18)
+    assert adv.absolute == pytest.approx(0.0, abs=1e-6 * spent * 1e18)
