@@ -501,3 +501,23 @@ def test_config_parses_with_hf_argument_parser():
     assert cfg == RegularizerConfig(name="group_lasso", strength=1e-3, block_size=16, proximal=True, end_step=9)
     (cfg,) = HfArgumentParser(RegularizerConfig).parse_dict({"name": "pwd", "p": 0.5, "target_modules": ["query"]})
     assert cfg.p == 0.5 and cfg.target_modules == ["query"]
+
+
+@pytest.mark.slow
+def test_str_with_vanilla_trainer_trains_thresholds_and_folds(tmp_path):
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_bert_config())
+    reg = STR(strength=0.5, s_init=-8.0)
+    reg.prepare_(model)  # before the Trainer builds its optimizer
+    args = TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=2, learning_rate=0.01, weight_decay=0.0,
+        report_to=[], save_strategy="no", use_cpu=True, logging_strategy="no", disable_tqdm=True,
+    )
+    Trainer(model=model, args=args, train_dataset=_dataset(), callbacks=[RegularizerCallback([reg])]).train()
+    s_values = torch.stack([p.detach() for p in reg.parameters(model)])
+    assert s_values.shape == (12,) and not torch.equal(s_values, torch.full((12,), -8.0))
+    model.eval()
+    ids = torch.randint(0, 128, (2, 8))
+    before = _outputs(model, ids)
+    fold_(model)
+    assert torch.allclose(_outputs(model, ids), before, atol=1e-6)
