@@ -234,6 +234,12 @@ def test_pwd_hand_computed_proximal_and_explicit_zero_safe():
     assert torch.allclose(model.a.weight, expected, atol=1e-7)
 
 
+def test_pwd_explicit_refuses_p_below_one():
+    with pytest.raises(ValueError, match="p=0.5"):
+        PNormWeightDecay(strength=0.1, p=0.5, proximal=False)
+    PNormWeightDecay(strength=0.1, p=1.0, proximal=False)
+
+
 def test_pwd_at_p2_is_ordinary_weight_decay():
     lr, lam = 0.1, 0.3
     wd, pwd_explicit, pwd_prox = tiny(W4), tiny(W4), tiny(W4)

@@ -101,6 +101,15 @@ class PNormWeightDecay(Regularizer):
 
     name = "pwd"
 
+    def __init__(self, config=None, **kwargs) -> None:
+        super().__init__(config, **kwargs)
+        if self.config.proximal is False and self.config.p < 1.0:
+            # The explicit step moves w by lr*lambda*|w|^(p-1), unbounded as w -> 0 when p < 1.
+            raise ValueError(
+                f"pwd with proximal=False needs p >= 1 (got p={self.config.p!r}): the explicit step diverges "
+                "near zero for p < 1; use the proximal step (proximal=None or True)."
+            )
+
     def _decay_(self, name: str, module: nn.Module, scale: float) -> int:
         w = raw_weight(module)
         wf = w.float()
