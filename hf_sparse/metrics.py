@@ -151,6 +151,9 @@ def threshold_sparsity(
 ) -> ThresholdSparsity:
     """Measures ``s(eps)`` of the effective weights of every measured layer (seed paper 003, Eq. 1).
 
+    Eq. 1 is printed as ``w < eps``; the paper tracks "the absolute value of the histogram" of the weights
+    (Sec. 5), so the count here is of magnitudes, ``|w_eff| < eps`` (strict: ``|w| == eps`` is not sparse).
+
     Args:
         model: The model.
         thresholds: Increasing ``eps`` values (default ``2^-13 ... 2^-8``).
@@ -407,6 +410,9 @@ def pretraining_advantage(loss: float, sparse_training_flops: float, law: Scalin
     Example:
         >>> pretraining_advantage(3.0, 1e19).relative
     """
+    # Eq. 7: Delta f = f_hat(L) - s. f_hat(L) (Eq. 6) is what a dense compute-efficient model needs to reach L;
+    # a run that spends s < f_hat(L) reached L more cheaply than the scaling law, so sparsity paid off. Any
+    # loss increase raises f_hat's requirement exponentially (exponent 1/gamma ~ 14): the "tyranny" of Sec. 5.1.
     return Advantage(law.compute_for_loss(loss), float(sparse_training_flops))
 
 
@@ -419,4 +425,6 @@ def inference_advantage(loss: float, sparse_flops_per_token: float, law: Scaling
             accounting as `ScalingLaw.flops_per_token_for_loss`).
         law: The scaling law.
     """
+    # Eq. 9: Delta f_d = f_hat_d(L) - s_d. Eq. 8 (fitted by the paper) gives the FLOPs per token of the
+    # compute-efficient dense model that reaches L; the sparse final model costs s_d per token.
     return Advantage(law.flops_per_token_for_loss(loss), float(sparse_flops_per_token))
