@@ -9,11 +9,14 @@ Example:
 
 from . import flops, ift
 from .checkpoint import from_pretrained, save_pretrained
-from .config import SparseIFTConfig, SparsityConfig
+from .config import RegularizerConfig, SparseIFTConfig, SparsityConfig
 from .export import ExportReport, export, load_compressed
 from .heads import BertForPreTrainingMasked
 from .hub import push_to_hub
 from .mask_io import CheckpointError
+from .metrics import ThresholdSparsityTracker, inference_advantage, pretraining_advantage, threshold_sparsity
+from .metrics_callback import MetricsCallback
+from .regularizers import RegularizerCallback, add_penalty, build_regularizer, fold_
 from .model_card import render_model_card
 from .layers import SparseConv1D, SparseLinear, is_sparse_module
 from .patching import (
@@ -40,6 +43,16 @@ from .structure import MaskStructure
 from .version import __version__
 
 __all__ = [
+    "MetricsCallback",
+    "RegularizerCallback",
+    "RegularizerConfig",
+    "ThresholdSparsityTracker",
+    "add_penalty",
+    "build_regularizer",
+    "fold_",
+    "inference_advantage",
+    "pretraining_advantage",
+    "threshold_sparsity",
     "BertForPreTrainingMasked",
     "CheckpointError",
     "ExportReport",
