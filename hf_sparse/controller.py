@@ -164,6 +164,14 @@ class SparsityController:
         """Whether the pattern changes right after optimizer step ``step``."""
         return self.algorithm.is_update_step(step)
 
+    def close(self) -> None:
+        """Removes gradient hooks and straight-through flags (end of training); masks stay as they are."""
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks, self._captured, self._capturing = [], {}, False
+        for module in self.modules.values():
+            module.straight_through = False
+
     # --- updates -------------------------------------------------------------------------------------------------
     def _update(self, step: int) -> None:
         grads = self._take_captured()
