@@ -194,6 +194,11 @@ class SparseTrainer(Trainer):
         if self.is_fsdp_enabled or self.is_deepspeed_enabled:
             raise ValueError(_FSDP_MESSAGE)
         self.sparsity_callback.log_fn = self.log
+        handler = getattr(self.accelerator, "ddp_handler", None)
+        if self.args.ddp_broadcast_buffers is None and handler is not None:
+            # Masks are identical on every process by construction (and checked at each update); DDP's default
+            # buffer broadcast would copy every mask from rank 0 before every forward.
+            handler.broadcast_buffers = False
 
     @property
     def controller(self) -> Optional[SparsityController]:
