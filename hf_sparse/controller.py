@@ -62,6 +62,8 @@ class SparsityController:
         dynamic_config: The algorithm and its schedule (default: ``static``).
         total_steps: Optimizer steps of the whole run (required except for ``static``).
         lr_already_scaled: Set when the caller already applied `sparse_lr` (the Trainer integration does).
+        reset_optimizer_state: Zero the optimizer state of inactive weights now (pass ``False`` when a saved
+            controller state is loaded next: the current masks are not the ones that state belongs to).
 
     Example:
         >>> controller = SparsityController(model, optimizer, SparsityConfig(sparsity=0.9),
@@ -77,6 +79,7 @@ class SparsityController:
         total_steps: Optional[int] = None,
         *,
         lr_already_scaled: bool = False,
+        reset_optimizer_state: bool = True,
     ):
         model = unwrap_model(model)
         check_not_sharded(model)
@@ -130,9 +133,8 @@ class SparsityController:
         if self._inner_optimizer is None and dynamic_config.algorithm != "static":
             logger.warning("SparsityController got no optimizer: optimizer state of re-allocated weights is not reset.")
         self._check_optimizer_holds_weights()
-        with torch.no_grad():
-            for module in modules.values():
-                self._zero_state(module, ~module.weight_mask)
+        if reset_optimizer_state:
+            self._zero_inactive_state()
         self._refresh_frozen()
         if dynamic_config.apply_sparse_lr and not lr_already_scaled:
             self._scale_lr()
@@ -256,6 +258,12 @@ class SparsityController:
         for value in state.values():
             if torch.is_tensor(value) and value.shape == module.weight.shape:
                 value.masked_fill_(where.to(value.device), 0)
+
+    @torch.no_grad()
+    def _zero_inactive_state(self) -> None:
+        if self.dynamic_config.inactive == "zero" and not self.algorithm.inactive_values_live(self.step_count):
+            for module in self.modules.values():
+                self._zero_state(module, ~module.weight_mask)
 
     def _check_optimizer_holds_weights(self) -> None:
         opt = self._inner_optimizer
@@ -414,6 +422,7 @@ class SparsityController:
             module.set_mask_(mask, zero_inactive=self.dynamic_config.inactive == "zero" and not live)
             self.ever_active[name] = tensors[f"ever_active.{name}"].to(module.weight.device, torch.bool).clone()
             self.last_added[name] = tensors[f"last_added.{name}"].to(module.weight.device, torch.bool).clone()
+        self._zero_inactive_state()
         self._refresh_frozen()
         self.last_metrics = dict(meta.get("metrics") or self._metrics({}))
         self.audit()

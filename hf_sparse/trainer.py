@@ -126,7 +126,7 @@ class SparsityCallback(TrainerCallback):
         total = int(state.max_steps)
         self.controller = SparsityController(
             model, optimizer, self.sparsity_config, self.dynamic_config, total_steps=max(total, 1),
-            lr_already_scaled=True,
+            lr_already_scaled=True, reset_optimizer_state=state.global_step == 0,
         )
         if state.global_step > 0:
             directory = self.resume_dir or os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
@@ -148,9 +148,13 @@ class SparsityCallback(TrainerCallback):
         self.last_metrics = metrics
         if updated:
             if self.log_fn is not None:
+                # Trainer.log clears control.should_log; keep the Trainer's own decision for its loss log.
+                should_log = control.should_log
                 self.log_fn(dict(metrics))
+                control.should_log = should_log
             else:
                 logger.info("step %d sparsity metrics: %s", state.global_step, metrics)
+        return control
 
     def on_save(self, args, state, control, **kwargs):
         if self.controller is None or not state.is_world_process_zero:
