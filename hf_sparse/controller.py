@@ -184,7 +184,7 @@ class SparsityController:
             upd = self.algorithm.update_layer(name, module, step, grads.get(name))
             new = upd.mask.to(device=old.device, dtype=torch.bool)
             removed, added = old & ~new, new & ~old
-            self._check_counts(name, module.structure, upd, int(removed.sum()), int(added.sum()))
+            self._check_counts(name, module.structure, upd, int(torch.count_nonzero(removed)), int(torch.count_nonzero(added)))
             if upd.target_density is not None:
                 module.target_density = float(upd.target_density)
             live = self.algorithm.inactive_values_live(step)
@@ -196,9 +196,9 @@ class SparsityController:
             elif zero_mode and not live:
                 self._zero_state(module, removed)
             stats[name] = {
-                "active_before": int(old.sum()),
-                "removed": int(removed.sum()),
-                "removed_were_new": int((removed & self.last_added[name]).sum()),
+                "active_before": int(torch.count_nonzero(old)),
+                "removed": int(torch.count_nonzero(removed)),
+                "removed_were_new": int(torch.count_nonzero(removed & self.last_added[name])),
             }
             self.ever_active[name] |= new
             self.last_added[name] = added
@@ -328,8 +328,8 @@ class SparsityController:
     # --- metrics -------------------------------------------------------------------------------------------------
     def _metrics(self, stats: Dict[str, Dict[str, int]], step: Optional[int] = None) -> Dict[str, float]:
         total = sum(m.weight_mask.numel() for m in self.modules.values())
-        active = sum(int(m.weight_mask.sum()) for m in self.modules.values())
-        ever = sum(int(e.sum()) for e in self.ever_active.values())
+        active = sum(int(torch.count_nonzero(m.weight_mask)) for m in self.modules.values())
+        ever = sum(int(torch.count_nonzero(e)) for e in self.ever_active.values())
         before = sum(s["active_before"] for s in stats.values())
         removed = sum(s["removed"] for s in stats.values())
         were_new = sum(s["removed_were_new"] for s in stats.values())
@@ -345,8 +345,8 @@ class SparsityController:
         if self.dynamic_config.log_per_layer:
             for name, module in self.modules.items():
                 numel = module.weight_mask.numel()
-                out[f"sparsity/{name}/density"] = int(module.weight_mask.sum()) / numel
-                out[f"sparsity/{name}/dof"] = int(self.ever_active[name].sum()) / numel
+                out[f"sparsity/{name}/density"] = int(torch.count_nonzero(module.weight_mask)) / numel
+                out[f"sparsity/{name}/dof"] = int(torch.count_nonzero(self.ever_active[name])) / numel
                 s = stats.get(name)
                 out[f"sparsity/{name}/churn"] = s["removed"] / s["active_before"] if s and s["active_before"] else 0.0
         return out

@@ -72,7 +72,7 @@ def mask_audit(name: str, module: SparseMixin, require_zero: bool) -> None:
     """
     mask, s = module.weight_mask, module.structure
     expected = granules_to_elements(s, num_active(s, mask.shape, module.target_density))
-    got = int(mask.sum())
+    got = int(torch.count_nonzero(mask))
     if got != expected:
         raise RuntimeError(
             f"Mask drift in {name!r}: {got} active weights, its target density {module.target_density:.6f} "
@@ -89,7 +89,7 @@ def mask_audit(name: str, module: SparseMixin, require_zero: bool) -> None:
         tiles = mask.reshape(rows // s.m, s.m, cols // s.m, s.m)
         if not (bool((tiles.sum(dim=3) == s.n).all()) and bool((tiles.sum(dim=1) == s.n).all())):
             raise RuntimeError(f"Mask drift in {name!r}: some tiles are not transposable {s.n}:{s.m}.")
-    if require_zero and bool(module.weight.detach().masked_select(~mask).ne(0).any()):
+    if require_zero and int(torch.count_nonzero(module.weight.detach().masked_fill(mask, 0))):
         raise RuntimeError(f"Inactive weights of {name!r} are not zero: always-sparse training was broken.")
 
 

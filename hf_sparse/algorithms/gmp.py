@@ -55,7 +55,7 @@ class GMPAlgorithm(SparsityAlgorithm):
     def update_layer(self, name: str, module: SparseMixin, step: int, grad: Optional[torch.Tensor]) -> LayerUpdate:
         density = self.density_at(name, step)
         active = self.active_granules(module)
-        n_active = int(active.sum())
+        n_active = int(torch.count_nonzero(active))
         n_keep = min(num_active(module.structure, module.weight.shape, density), n_active)
         keep = self.keep_largest(module, active, n_keep)
         return LayerUpdate(

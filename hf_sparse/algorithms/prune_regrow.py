@@ -40,7 +40,7 @@ class DynSparseAlgorithm(SparsityAlgorithm):
 
     def update_layer(self, name: str, module: SparseMixin, step: int, grad: Optional[torch.Tensor]) -> LayerUpdate:
         active = self.active_granules(module)
-        n_active = int(active.sum())
+        n_active = int(torch.count_nonzero(active))
         k = self.prune_count(n_active, active.numel() - n_active, step)
         keep = self.keep_largest(module, active, n_active - k)
         # Candidates are the granules inactive *before* the update, so exactly k leave and k new ones arrive.
