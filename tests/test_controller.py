@@ -200,3 +200,32 @@ def test_metrics_dof_churn_and_removed_were_new():
     # Re-allocated weights start at zero, so the next magnitude pruning removes mostly those.
     assert ctrl.last_metrics["sparsity/removed_were_new"] > 0.5
     assert set(ctrl.layer_metrics()) == {"a", "b"}
+
+
+def test_plain_accelerate_loop_with_gradient_accumulation():
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True, gradient_accumulation_steps=2)
+    torch.manual_seed(0)
+    model = Tiny()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model, opt = accelerator.prepare(model, opt)
+    ctrl = SparsityController(model, opt, sparsity(), DynamicSparsityConfig(algorithm="rigl", update_interval=2,
+                                                                            end_fraction=1.0), total_steps=6)
+    step = 0
+    for micro in range(12):
+        g = torch.Generator().manual_seed(micro)
+        with accelerator.accumulate(model):
+            loss = nn.functional.mse_loss(model(torch.randn(8, 16, generator=g)), torch.randn(8, 2, generator=g))
+            accelerator.backward(loss)
+            opt.step()
+            opt.zero_grad()
+        if accelerator.sync_gradients:
+            step += 1
+            ctrl.step(step)
+    assert step == 6 and ctrl.num_updates == 2  # steps 2 and 4 (never at the last step)
+    ctrl.audit()
+    inner = ctrl._inner_optimizer
+    assert isinstance(inner, torch.optim.AdamW)
+    for m in ctrl.modules.values():
+        assert bool((inner.state[m.weight]["exp_avg"][~m.weight_mask] == 0).all())
