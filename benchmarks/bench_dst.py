@@ -71,7 +71,7 @@ def time_trainer(kind: str, steps: int, batch: int, seq: int, device: str) -> fl
                 dynamic_config=DynamicSparsityConfig(algorithm="dynsparse", num_updates=steps // 4),
             )
         trainer.train()
-    return statistics.median(timer.step_times(skip=3))
+    return statistics.median(timer.step_times(skip=2))
 
 
 class BertBaseShapes(nn.Module):
@@ -127,20 +127,36 @@ def sync(device: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--steps", type=int, default=24)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--part", choices=("all", "steps", "updates"), default="all")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--layers", type=int, default=12, help="BERT-Base encoder layers for the update timing")
     args = parser.parse_args()
     print(f"device={args.device} torch={torch.__version__} threads={torch.get_num_threads()}")
 
-    print(f"\n[1] BERT-Mini MLM step time, batch {args.batch} x seq {args.seq}, {args.steps} steps (median)")
-    dense = time_trainer("dense", args.steps, args.batch, args.seq, args.device)
-    print(f"  dense                         {dense * 1e3:8.1f} ms/step   ratio 1.000")
-    for kind in ("dynsparse s=0.9 unstructured", "dynsparse s=0.9 block16"):
-        t = time_trainer(kind, args.steps, args.batch, args.seq, args.device)
-        print(f"  {kind:29s} {t * 1e3:8.1f} ms/step   ratio {t / dense:.3f}")
+    if args.part in ("all", "steps"):
+        step_time_ratios(args)
+    if args.part in ("all", "updates"):
+        update_costs(args)
 
+
+def step_time_ratios(args) -> None:
+    kinds = ("dense", "dynsparse s=0.9 unstructured", "dynsparse s=0.9 block16")
+    print(f"\n[1] BERT-Mini MLM step time, batch {args.batch} x seq {args.seq}, {args.steps} steps per run, "
+          f"{args.rounds} interleaved rounds (median step time per run; ratio = median over rounds)")
+    times = {k: [] for k in kinds}
+    for _ in range(args.rounds):  # interleaved, so drifting machine load hits every configuration alike
+        for kind in kinds:
+            times[kind].append(time_trainer(kind, args.steps, args.batch, args.seq, args.device))
+    for kind in kinds:
+        ratios = [t / d for t, d in zip(times[kind], times["dense"])]
+        per_round = " ".join(f"{t * 1e3:.0f}" for t in times[kind])
+        print(f"  {kind:29s} ms/step per round [{per_round}]   ratio {statistics.median(ratios):.3f}")
+
+
+def update_costs(args) -> None:
     print(f"\n[2] One mask update over BERT-Base encoder shapes ({args.layers} layers), median of 3")
     for algorithm, structure in (("static", "unstructured"), ("dynsparse", "unstructured"), ("dynsparse", "block"),
                                  ("set", "unstructured"), ("rigl", "unstructured"), ("rigl", "block"),

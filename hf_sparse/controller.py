@@ -35,12 +35,13 @@ from .controller_utils import (
     check_not_sharded,
     final_layer_densities,
     mask_audit,
+    sparsity_metrics,
     unwrap_model,
     unwrap_optimizer,
 )
 from .layers import SparseMixin
 from .lr_rule import sparse_lr
-from .patching import get_sparsity_config, sparse_modules, sparsify_
+from .patching import find_target_modules, get_sparsity_config, sparse_modules, sparsify_
 from .structure import MaskStructure, granules_to_elements
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,36 @@ logger = logging.getLogger(__name__)
 STATE_TENSORS_NAME = "sparsity_controller.safetensors"
 STATE_META_NAME = "sparsity_controller.json"
 STATE_FORMAT = 1
+
+
+def sparsify_for_training_(
+    model: nn.Module,
+    sparsity_config: SparsityConfig,
+    dynamic_config: DynamicSparsityConfig,
+    optimizer: Optional[torch.optim.Optimizer] = None,
+) -> Dict[str, SparseMixin]:
+    """Sparsifies ``model`` in place at the density the algorithm starts from (GMP: ``gmp_initial_density``).
+
+    Checks first that ``optimizer`` (when given) holds the target weights, so a failure leaves the model as it was.
+
+    Returns:
+        The sparse layers by name.
+    """
+    start_cfg = sparsity_config
+    if dynamic_config.algorithm == "gmp":
+        start_cfg = dataclasses.replace(sparsity_config, sparsity=1.0 - dynamic_config.gmp_initial_density)
+    inner = unwrap_optimizer(optimizer)
+    if inner is not None:
+        held = {id(p) for group in inner.param_groups for p in group["params"]}
+        missing = [n for n, m in find_target_modules(model, start_cfg).items() if id(m.weight) not in held]
+        if missing:
+            raise ValueError(
+                f"The optimizer does not hold the weights of target layers {missing[:3]}"
+                f"{'...' if len(missing) > 3 else ''}; build it from model.parameters()."
+            )
+    sparsify_(model, start_cfg)
+    model._hf_sparse_config = sparsity_config
+    return sparse_modules(model)
 
 
 class SparsityController:
@@ -107,12 +138,7 @@ class SparsityController:
         # Built before the model is touched, so an unsupported algorithm x structure leaves the model as it was.
         self.algorithm: SparsityAlgorithm = build_algorithm(dynamic_config, structure, total_steps, seed)
         if not modules:
-            start_cfg = sparsity_config
-            if dynamic_config.algorithm == "gmp":
-                start_cfg = dataclasses.replace(sparsity_config, sparsity=1.0 - dynamic_config.gmp_initial_density)
-            sparsify_(model, start_cfg)
-            model._hf_sparse_config = sparsity_config
-            modules = sparse_modules(model)
+            modules = sparsify_for_training_(model, sparsity_config, dynamic_config, optimizer)
 
         self.model = model
         self.modules: Dict[str, SparseMixin] = modules
@@ -327,28 +353,10 @@ class SparsityController:
 
     # --- metrics -------------------------------------------------------------------------------------------------
     def _metrics(self, stats: Dict[str, Dict[str, int]], step: Optional[int] = None) -> Dict[str, float]:
-        total = sum(m.weight_mask.numel() for m in self.modules.values())
-        active = sum(int(torch.count_nonzero(m.weight_mask)) for m in self.modules.values())
-        ever = sum(int(torch.count_nonzero(e)) for e in self.ever_active.values())
-        before = sum(s["active_before"] for s in stats.values())
-        removed = sum(s["removed"] for s in stats.values())
-        were_new = sum(s["removed_were_new"] for s in stats.values())
-        out = {
-            "sparsity/density": active / total,
-            "sparsity/dof": ever / total,
-            "sparsity/churn": removed / before if before else 0.0,
-            "sparsity/removed_were_new": were_new / removed if removed else 0.0,
-            "sparsity/num_updates": float(self.num_updates),
-        }
+        out = sparsity_metrics(self.modules, self.ever_active, stats, self.dynamic_config.log_per_layer)
+        out["sparsity/num_updates"] = float(self.num_updates)
         if step is not None and self.algorithm.name in ("dynsparse", "set", "rigl"):
             out["sparsity/prune_ratio"] = self.algorithm.schedule.ratio(step)
-        if self.dynamic_config.log_per_layer:
-            for name, module in self.modules.items():
-                numel = module.weight_mask.numel()
-                out[f"sparsity/{name}/density"] = int(torch.count_nonzero(module.weight_mask)) / numel
-                out[f"sparsity/{name}/dof"] = int(torch.count_nonzero(self.ever_active[name])) / numel
-                s = stats.get(name)
-                out[f"sparsity/{name}/churn"] = s["removed"] / s["active_before"] if s and s["active_before"] else 0.0
         return out
 
     def layer_metrics(self) -> Dict[str, Dict[str, float]]:

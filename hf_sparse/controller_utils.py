@@ -117,3 +117,42 @@ def check_distributed_masks(modules: Dict[str, SparseMixin]) -> None:
             f"Masks differ between processes for {bad[:3]}: every process must draw identical updates "
             "(same seed, same step, same weights)."
         )
+
+
+def sparsity_metrics(
+    modules: Dict[str, SparseMixin],
+    ever_active: Dict[str, torch.Tensor],
+    stats: Dict[str, Dict[str, int]],
+    per_layer: bool = False,
+) -> Dict[str, float]:
+    """Model-wide (and optionally per-layer) density, explored DOF, churn and removed-were-new ratios.
+
+    Args:
+        modules: The sparse layers.
+        ever_active: Per layer, the weights that were ever active (seed paper 000, Sec. 3.1: explored DOF).
+        stats: Per layer, ``active_before``, ``removed`` and ``removed_were_new`` counts of the latest update.
+        per_layer: Also report each layer.
+
+    Returns:
+        ``{"sparsity/density": ..., "sparsity/dof": ..., "sparsity/churn": ..., "sparsity/removed_were_new": ...}``.
+    """
+    total = sum(m.weight_mask.numel() for m in modules.values())
+    active = sum(int(torch.count_nonzero(m.weight_mask)) for m in modules.values())
+    ever = sum(int(torch.count_nonzero(e)) for e in ever_active.values())
+    before = sum(s["active_before"] for s in stats.values())
+    removed = sum(s["removed"] for s in stats.values())
+    were_new = sum(s["removed_were_new"] for s in stats.values())
+    out = {
+        "sparsity/density": active / total,
+        "sparsity/dof": ever / total,
+        "sparsity/churn": removed / before if before else 0.0,
+        "sparsity/removed_were_new": were_new / removed if removed else 0.0,
+    }
+    if per_layer:
+        for name, module in modules.items():
+            numel = module.weight_mask.numel()
+            out[f"sparsity/{name}/density"] = int(torch.count_nonzero(module.weight_mask)) / numel
+            out[f"sparsity/{name}/dof"] = int(torch.count_nonzero(ever_active[name])) / numel
+            s = stats.get(name)
+            out[f"sparsity/{name}/churn"] = s["removed"] / s["active_before"] if s and s["active_before"] else 0.0
+    return out

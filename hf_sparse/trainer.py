@@ -23,10 +23,10 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from .config import DynamicSparsityConfig, SparsityConfig
-from .controller import STATE_META_NAME, SparsityController
+from .controller import STATE_META_NAME, SparsityController, sparsify_for_training_
 from .controller_utils import unwrap_model
 from .lr_rule import sparse_lr
-from .patching import get_sparsity_config, sparse_modules, sparsify_
+from .patching import get_sparsity_config, sparse_modules
 
 logger = logging.getLogger(__name__)
 
@@ -87,13 +87,7 @@ class SparsityCallback(TrainerCallback):
             return
         if self.sparsity_config is None:
             raise ValueError(f"{type(model).__name__} is not sparse; give SparsityCallback a sparsity_config.")
-        cfg = self.sparsity_config
-        if self.dynamic_config.algorithm == "gmp":  # GMP starts from its initial density and prunes down
-            import dataclasses
-
-            cfg = dataclasses.replace(cfg, sparsity=1.0 - self.dynamic_config.gmp_initial_density)
-        sparsify_(model, cfg)
-        model._hf_sparse_config = self.sparsity_config
+        sparsify_for_training_(model, self.sparsity_config, self.dynamic_config)
 
     def _sparsity(self, model) -> float:
         cfg = self.sparsity_config or get_sparsity_config(unwrap_model(model))

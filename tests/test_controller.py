@@ -149,6 +149,7 @@ def test_validation_errors():
     stray = torch.optim.SGD([nn.Parameter(torch.zeros(2))], lr=0.1)
     with pytest.raises(ValueError, match="does not hold the weights"):
         SparsityController(model, stray, sparsity(), None)
+    assert not sparse_modules(model), "a failed construction must leave the model dense"
 
 
 def test_refuses_fsdp_wrapped_models():
