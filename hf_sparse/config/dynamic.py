@@ -1,0 +1,157 @@
+"""`DynamicSparsityConfig`: how masks evolve during training."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Dict, Optional
+
+from .base import ConfigMixin, _check_choice, _is_int, _is_number
+
+ALGORITHMS = ("static", "dynsparse", "set", "rigl", "gmp", "topk")
+PRUNE_SCHEDULES = ("cosine", "linear", "constant")
+INACTIVE_MODES = ("zero", "frozen")
+TOPK_EXPLOITATIONS = ("FIX", "RESET", "REGULARIZE")
+
+# Literature defaults filled in for fields left ``None``: DynSparse (seed paper 000, App. A.1: n=160, pr=0.5,
+# cosine decay over the whole run), SET / RigL (drop fraction 0.3, every 100 steps, cosine decay ending at 75% of
+# training, Sparse-IFT App. B.2), GMP (Zhu & Gupta cubic schedule ending at 75%), top-k (seed paper 002).
+ALGORITHM_DEFAULTS: Dict[str, Dict[str, Any]] = {
+    "static": {"prune_ratio": 0.0, "end_fraction": 1.0},
+    "dynsparse": {"num_updates": 160, "prune_ratio": 0.5, "end_fraction": 1.0},
+    "set": {"update_interval": 100, "prune_ratio": 0.3, "end_fraction": 0.75},
+    "rigl": {"update_interval": 100, "prune_ratio": 0.3, "end_fraction": 0.75},
+    "gmp": {"update_interval": 100, "prune_ratio": 0.0, "end_fraction": 0.75},
+    "topk": {"update_interval": 100, "prune_ratio": 0.0, "end_fraction": 1.0},
+}
+
+
+
+
+@dataclass
+class DynamicSparsityConfig(ConfigMixin):
+    """How the sparsity pattern evolves during training: the algorithm, its cadence and its options.
+
+    Every schedule is counted in optimizer steps. Fields left ``None`` take the chosen algorithm's literature
+    default (``ALGORITHM_DEFAULTS``), resolved on construction so the saved JSON records what actually ran.
+
+    Args:
+        algorithm: ``"static"`` (the initial pattern never changes), ``"dynsparse"`` (magnitude / block-norm
+            pruning with random re-allocation, seed paper 000), ``"set"`` (same, SET defaults), ``"rigl"``
+            (re-allocation by dense-gradient magnitude), ``"gmp"`` (gradual magnitude pruning, cubic schedule) or
+            ``"topk"`` (top-d magnitude rewiring with straight-through gradients, seed paper 002).
+        num_updates: Number of pattern updates ``n`` spread over the run (one every ``total_steps / n`` steps).
+        update_interval: Optimizer steps between updates (``Delta T``). Give this or ``num_updates``, not both.
+        prune_ratio: Maximum fraction of active granules pruned (and re-allocated) at an update.
+        prune_schedule: Decay of the pruning ratio over time: ``"cosine"``, ``"linear"`` or ``"constant"``.
+        start_fraction: No update before this fraction of training (GMP starts pruning here).
+        end_fraction: No update after this fraction of training; the pruning ratio decays to zero there.
+        inactive: ``"zero"`` (inactive weights are exactly zero) or ``"frozen"`` (inactive weights keep their
+            values but are never updated; re-allocated weights resume from their kept value).
+        apply_sparse_lr: Scale the learning rate by the sparse learning-rate rule (seed paper 000, Eq. 3).
+        gmp_initial_density: Density GMP starts from (1.0 = dense).
+        topk_exploitation: ``"FIX"`` (stop rewiring after ``topk_fix_fraction`` and zero non-participating
+            weights), ``"RESET"`` (zero them every ``topk_reset_interval`` steps) or ``"REGULARIZE"`` (decay them
+            by ``topk_regularize_beta`` every step).
+        topk_fix_fraction: ``v`` of seed paper 002: fraction of training after which FIX stops rewiring.
+        topk_reset_interval: ``z``: steps between RESETs.
+        topk_regularize_beta: ``beta``: per-step decay of non-participating weights for REGULARIZE.
+        topk_ste_scale: Scale ``s`` of the straight-through gradient reaching non-participating weights.
+        seed: Seed of the update randomness; ``None`` uses the `SparsityConfig` seed.
+        log_per_layer: Also log density / DOF / churn of every layer (otherwise only model-wide values).
+
+    Example:
+        >>> DynamicSparsityConfig(algorithm="dynsparse", num_updates=160, prune_ratio=0.5)
+        >>> DynamicSparsityConfig(algorithm="rigl")  # update_interval=100, prune_ratio=0.3, end_fraction=0.75
+    """
+
+    config_name: ClassVar[str] = "dynamic_sparsity_config"
+
+    algorithm: str = field(default="dynsparse", metadata={"help": f"One of {', '.join(ALGORITHMS)}."})
+    num_updates: Optional[int] = field(
+        default=None, metadata={"help": "Number of pattern updates spread over training (seed 000's n)."}
+    )
+    update_interval: Optional[int] = field(
+        default=None, metadata={"help": "Optimizer steps between pattern updates (RigL/SET Delta T)."}
+    )
+    prune_ratio: Optional[float] = field(
+        default=None, metadata={"help": "Maximum fraction of active granules pruned and re-allocated per update."}
+    )
+    prune_schedule: str = field(
+        default="cosine", metadata={"help": f"Pruning-ratio decay, one of {', '.join(PRUNE_SCHEDULES)}."}
+    )
+    start_fraction: float = field(default=0.0, metadata={"help": "No update before this fraction of training."})
+    end_fraction: Optional[float] = field(
+        default=None, metadata={"help": "No update after this fraction of training (decay horizon)."}
+    )
+    inactive: str = field(
+        default="zero", metadata={"help": f"Inactive weights, one of {', '.join(INACTIVE_MODES)}."}
+    )
+    apply_sparse_lr: bool = field(
+        default=False, metadata={"help": "Scale the learning rate with the sparse LR rule (seed 000 Eq. 3)."}
+    )
+    gmp_initial_density: float = field(default=1.0, metadata={"help": "Density GMP starts from (1.0 = dense)."})
+    topk_exploitation: str = field(
+        default="RESET", metadata={"help": f"top-k exploitation, one of {', '.join(TOPK_EXPLOITATIONS)}."}
+    )
+    topk_fix_fraction: float = field(default=0.5, metadata={"help": "top-k FIX: stop rewiring after this fraction."})
+    topk_reset_interval: int = field(default=1000, metadata={"help": "top-k RESET: steps between resets (z)."})
+    topk_regularize_beta: float = field(
+        default=0.0002, metadata={"help": "top-k REGULARIZE: per-step decay of non-participating weights."}
+    )
+    topk_ste_scale: float = field(
+        default=1.0, metadata={"help": "top-k: scale of the straight-through gradient of non-participating weights."}
+    )
+    seed: Optional[int] = field(default=None, metadata={"help": "Update seed (None: the SparsityConfig seed)."})
+    log_per_layer: bool = field(default=False, metadata={"help": "Log per-layer sparsity metrics too."})
+
+    def __post_init__(self) -> None:
+        _check_choice("algorithm", self.algorithm, ALGORITHMS)
+        _check_choice("prune_schedule", self.prune_schedule, PRUNE_SCHEDULES)
+        _check_choice("inactive", self.inactive, INACTIVE_MODES)
+        if isinstance(self.topk_exploitation, str):
+            self.topk_exploitation = self.topk_exploitation.upper()
+        _check_choice("topk_exploitation", self.topk_exploitation, TOPK_EXPLOITATIONS)
+        if self.num_updates is not None and self.update_interval is not None:
+            raise ValueError(
+                f"Give num_updates={self.num_updates!r} or update_interval={self.update_interval!r}, not both."
+            )
+        defaults = ALGORITHM_DEFAULTS[self.algorithm]
+        if self.num_updates is None and self.update_interval is None:
+            self.num_updates = defaults.get("num_updates")
+            self.update_interval = defaults.get("update_interval")
+        if self.prune_ratio is None:
+            self.prune_ratio = defaults["prune_ratio"]
+        if self.end_fraction is None:
+            self.end_fraction = defaults["end_fraction"]
+        for name in ("num_updates", "update_interval", "topk_reset_interval"):
+            value = getattr(self, name)
+            if value is not None and not (_is_int(value) and value >= 1):
+                raise ValueError(f"{name}={value!r} must be a positive integer.")
+        if not (_is_number(self.prune_ratio) and 0.0 <= self.prune_ratio <= 1.0):
+            raise ValueError(f"prune_ratio={self.prune_ratio!r} must be a number in [0, 1].")
+        if self.algorithm in ("dynsparse", "set", "rigl") and self.prune_ratio == 0.0:
+            raise ValueError(
+                f"prune_ratio={self.prune_ratio!r} makes algorithm={self.algorithm!r} static; "
+                "use algorithm='static' or a positive prune_ratio."
+            )
+        for name in ("start_fraction", "end_fraction", "topk_fix_fraction"):
+            value = getattr(self, name)
+            if not (_is_number(value) and 0.0 <= value <= 1.0):
+                raise ValueError(f"{name}={value!r} must be a number in [0, 1].")
+        if self.start_fraction >= self.end_fraction and self.algorithm != "static":
+            raise ValueError(
+                f"start_fraction={self.start_fraction!r} must be smaller than end_fraction={self.end_fraction!r}."
+            )
+        if not (_is_number(self.gmp_initial_density) and 0.0 < self.gmp_initial_density <= 1.0):
+            raise ValueError(f"gmp_initial_density={self.gmp_initial_density!r} must be in (0, 1].")
+        if not (_is_number(self.topk_regularize_beta) and 0.0 <= self.topk_regularize_beta < 1.0):
+            raise ValueError(f"topk_regularize_beta={self.topk_regularize_beta!r} must be in [0, 1).")
+        if not (_is_number(self.topk_ste_scale) and self.topk_ste_scale >= 0.0):
+            raise ValueError(f"topk_ste_scale={self.topk_ste_scale!r} must be a non-negative number.")
+        if self.algorithm == "topk" and self.inactive != "zero":
+            raise ValueError(
+                f"inactive={self.inactive!r} cannot be used with algorithm='topk': its non-participating weights "
+                "keep training through the straight-through estimator; use inactive='zero'."
+            )
+        if self.seed is not None and not _is_int(self.seed):
+            raise TypeError(f"seed={self.seed!r} must be an integer or None.")
