@@ -208,3 +208,20 @@ def test_two_process_gloo_masks_equal(tmp_path):
     assert set(m0) == set(m1) and len(m0) == 12
     for name in m0:
         assert torch.equal(m0[name], m1[name]), name
+
+
+def test_callback_added_after_construction_sparsifies_at_train_start(tmp_path):
+    model = tiny_bert()
+    trainer = Trainer(model=model, args=args(tmp_path, max_steps=4), train_dataset=dataset())
+    cb = SparsityCallback(SparsityConfig(sparsity=0.5, structure="nm"))
+    trainer.add_callback(cb)
+    assert not sparse_modules(model)
+    trainer.train()
+    assert sparse_modules(model) and cb.controller.algorithm.name == "static"
+    assert_exactly_sparse(model)
+
+
+def test_sparse_trainer_turns_off_ddp_mask_broadcast(tmp_path):
+    trainer = SparseTrainer(model=tiny_bert(), args=args(tmp_path, max_steps=1), train_dataset=dataset(),
+                            sparsity_config=SparsityConfig(sparsity=0.5))
+    assert trainer.accelerator.ddp_handler.broadcast_buffers is False
