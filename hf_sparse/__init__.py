@@ -9,7 +9,8 @@ Example:
 
 from . import flops, ift
 from .checkpoint import from_pretrained, save_pretrained
-from .config import RegularizerConfig, SparseIFTConfig, SparsityConfig
+from .config import DynamicSparsityConfig, RegularizerConfig, SparseIFTConfig, SparsityConfig
+from .controller import SparsityController
 from .export import ExportReport, export, load_compressed
 from .heads import BertForPreTrainingMasked
 from .hub import push_to_hub
@@ -39,10 +40,17 @@ from .ift import (
     rebuild_sparse_ift_,
     sparse_ift_,
 )
+from .lr_rule import sparse_lr
 from .structure import MaskStructure
+from .trainer import SparseTrainer, SparsityCallback
 from .version import __version__
 
 __all__ = [
+    "DynamicSparsityConfig",
+    "SparseTrainer",
+    "SparsityCallback",
+    "SparsityController",
+    "sparse_lr",
     "MetricsCallback",
     "RegularizerCallback",
     "RegularizerConfig",

@@ -207,7 +207,7 @@ def topk_granules(scores: torch.Tensor, k: int, allowed: Optional[torch.Tensor] 
     flat = scores.reshape(-1).float()
     if torch.isnan(flat).any():
         raise ValueError("Mask scores contain NaN; cannot rank granules.")
-    available = flat.numel() if allowed is None else int(allowed.sum())
+    available = flat.numel() if allowed is None else int(torch.count_nonzero(allowed))
     if not 0 <= k <= available:
         raise ValueError(f"Cannot select {k} granules: only {available} are available.")
     if allowed is not None:
