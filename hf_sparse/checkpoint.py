@@ -170,7 +170,7 @@ def save_pretrained(
     with (atomic_directory(final, _carry_over) if atomic else in_place_directory(final)) as tmp:
         if not atomic:  # in place: no sparsity config (the commit record) until the new files are complete
             (tmp / SPARSITY_CONFIG_NAME).unlink(missing_ok=True)
-        model.save_pretrained(str(tmp), **kwargs)
+        model.save_pretrained(str(tmp), **_effective_state_dict_kwargs(model, found, kwargs))
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
         mask_io.save_masks(masks, tmp / MASKS_NAME)
@@ -179,6 +179,22 @@ def save_pretrained(
         card.save(str(tmp / MODEL_CARD_NAME))
     logger.info("Saved sparse checkpoint with %d sparse modules to %s.", len(found), final)
     return final
+
+
+def _effective_state_dict_kwargs(model: nn.Module, found: Dict[str, nn.Module], kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """Adds a ``state_dict`` holding the effective (masked) weights when some inactive weight is non-zero.
+
+    Algorithms that keep values for inactive weights (top-k with straight-through gradients, ``inactive="frozen"``)
+    would otherwise publish weights the sparse model never uses, and vanilla ``from_pretrained`` would load them.
+    """
+    leaking = {n: m for n, m in found.items() if bool(torch.any(m.weight.detach()[~m.weight_mask] != 0))}
+    if not leaking or "state_dict" in kwargs:
+        return kwargs
+    state = model.state_dict()
+    for name, m in leaking.items():
+        state[f"{name}.weight"] = torch.where(m.weight_mask, m.weight.detach(), 0.0)
+    logger.info("Saving effective (masked) weights for %d modules with non-zero inactive weights.", len(leaking))
+    return {**kwargs, "state_dict": state}
 
 
 def read_sparsity_config(directory: Union[str, os.PathLike]) -> Dict[str, Any]:

@@ -407,3 +407,22 @@ def test_tokenizer_saved_alongside(tmp_path):
     assert AutoTokenizer.from_pretrained(path)("sparse model")["input_ids"] == [2, 5, 6, 3]
     with pytest.raises(TypeError, match="save_pretrained"):
         ckpt.save_pretrained(sparse_model("bert", "nm"), tmp_path / "x", tokenizer="bert-base-uncased")
+
+
+def test_inactive_values_kept_in_training_are_saved_masked(tmp_path):
+    # Top-k rewiring and frozen inactive weights keep values the sparse model does not use: the checkpoint
+    # must hold the effective weights, so both loaders see exactly the model that was trained.
+    from transformers import BertForPreTraining as Bert
+
+    model = sparse_model("bert", "unstructured")
+    with torch.no_grad():
+        for m in sparse_modules(model).values():
+            m.weight[~m.weight_mask] = 0.5
+    path = ckpt.save_pretrained(model, tmp_path / "ck")
+    loaded = ckpt.from_pretrained(Bert, path)
+    vanilla = Bert.from_pretrained(path)
+    for name, m in sparse_modules(model).items():
+        expected = torch.where(m.weight_mask, m.weight, 0.0)
+        assert torch.equal(loaded.get_submodule(name).weight, expected)
+        assert torch.equal(vanilla.get_submodule(name).weight, expected)
+    assert sparse_modules(model)[next(iter(sparse_modules(model)))].weight.max() == 0.5  # model untouched
