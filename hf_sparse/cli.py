@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
-from .checkpoint_cli import CHECKPOINT_COMMANDS
+from .cli_checkpoint import CHECKPOINT_COMMANDS
 
 
 def _add_demo_args(p: argparse.ArgumentParser) -> None:

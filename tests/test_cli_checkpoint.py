@@ -68,7 +68,7 @@ def test_inspect_checks_stored_zero_pattern(saved):
     record = json.loads((path / "sparsity_config.json").read_text())
     record["files"]["model.safetensors"] = mask_io.file_sha256(path / "model.safetensors")
     (path / "sparsity_config.json").write_text(json.dumps(record))
-    from hf_sparse.checkpoint_cli import check_stored_weights
+    from hf_sparse.cli_checkpoint import check_stored_weights
 
     rec, masks = ckpt.read_checkpoint(path)
     with pytest.raises(CheckpointError, match="model.safetensors: module 'bert.encoder.layer.1.output.dense' has"):
