@@ -400,3 +400,30 @@ def test_sparse_wide_gpt2_trains_and_stays_exactly_sparse():
     for n, m in sparse_modules(model).items():
         assert int(m.weight_mask.sum()) == counts[n]
         assert int(torch.count_nonzero(m.weight[~m.weight_mask])) == 0, n
+
+
+@pytest.mark.parametrize("kind", ["wide", "parallel"])
+def test_sparse_ift_trains_with_rigl_and_stays_exactly_sparse(kind):
+    # The paper trains every Sparse-IFT member with RigL: the controller must find the transformed layers.
+    from hf_sparse import DynamicSparsityConfig, SparsityController
+
+    torch.manual_seed(0)
+    model = apply_sparse_ift(GPT2LMHeadModel, gpt2_config(), SparseIFTConfig(kind=kind, sparsity=0.5))
+    counts = {n: int(m.weight_mask.sum()) for n, m in sparse_modules(model).items()}
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    ctrl = SparsityController(model, opt, None, DynamicSparsityConfig(algorithm="rigl", update_interval=2),
+                              total_steps=8)
+    before = {n: m.weight_mask.clone() for n, m in sparse_modules(model).items()}
+    ids = torch.randint(0, model.config.vocab_size, (4, 16))
+    model.train()
+    for step in range(1, 9):
+        model(ids, labels=ids).loss.backward()
+        opt.step()
+        opt.zero_grad()
+        ctrl.step(step)
+    changed = 0
+    for n, m in sparse_modules(model).items():
+        assert int(m.weight_mask.sum()) == counts[n], n
+        assert m.weight[~m.weight_mask].eq(0).all(), n
+        changed += int((m.weight_mask != before[n]).sum())
+    assert changed > 0  # RigL really rewired the transformed layers
