@@ -31,7 +31,7 @@ def unsupported_reason(layer: Optional[SparseMixin] = None) -> Optional[str]:
     if layer is None:
         return None
     device = layer.weight.device
-    if device.type != "cuda":
+    if _device_type(layer) != "cuda":
         return f"the weight is on {device}, not CUDA"
     major, minor = torch.cuda.get_device_capability(device)
     if major < 8:
@@ -42,6 +42,10 @@ def unsupported_reason(layer: Optional[SparseMixin] = None) -> Optional[str]:
     if layer.weight.dtype not in SEMI_STRUCTURED_DTYPES:
         return f"dtype {layer.weight.dtype} is not supported by semi-structured sparse tensors"
     return None
+
+
+def _device_type(layer: SparseMixin) -> str:
+    return layer.weight.device.type
 
 
 def _linear_weight(layer: SparseMixin) -> torch.Tensor:
