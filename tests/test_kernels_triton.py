@@ -172,3 +172,12 @@ def test_enable_validates_before_switching():
         enable_(unstructured.to(DEVICE), backend="triton", allow_interpreter=True)
     with pytest.raises(ValueError, match="block_size=8"):
         tb.BlockLayout.from_mask(torch.ones(16, 16, dtype=torch.bool), 8)
+
+
+def test_dw_token_splits_add_up():
+    layer = _layer(SparseLinear, 64, 64, 16, density=1 / 16)  # one active block, so dW is split over tokens
+    x = torch.randn(150, 64, device=DEVICE)
+    tiles = 3  # 150 tokens in 64-row tiles
+    assert tb._dw_splits(tiles, 1, torch.device(DEVICE)) > 1
+    for got, want in zip(_run(layer, x, kernel=True), _run(layer, x, kernel=False)):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
