@@ -181,3 +181,16 @@ def test_dw_token_splits_add_up():
     assert tb._dw_splits(tiles, 1, torch.device(DEVICE)) > 1
     for got, want in zip(_run(layer, x, kernel=True), _run(layer, x, kernel=False)):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the skip message on a machine without CUDA")
+def test_gpu_benchmark_skips_without_cuda():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(repo / "benchmarks" / "bench_blocksparse_gpu.py")], capture_output=True,
+                         text=True, timeout=120, cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)})
+    assert out.returncode == 0, out.stderr
+    assert "skipped, CUDA is not available" in out.stdout
