@@ -239,7 +239,7 @@ def to_cpu_inference_(
         seed: Seed of the calibration activation.
 
     Returns:
-        ``{layer kind: MethodChoice}``, where the key describes shape, structure and density.
+        ``{layer kind: MethodChoice}``, keyed like ``"3072x768 block 16x16 (l1) density=0.1000"`` (``[out, in]``).
 
     Example:
         >>> sparsify_(model, SparsityConfig(sparsity=0.9))
@@ -273,7 +273,7 @@ def to_cpu_inference_(
     plan = []
     for name, layer in layers.items():
         weight = linear_weight(layer)
-        key = f"{tuple(weight.shape)} {layer.structure.describe()} density={layer.density:.4f}"
+        key = f"{weight.shape[0]}x{weight.shape[1]} {layer.structure.describe()} density={layer.density:.4f}"
         if key not in choices:
             method, timings = _choose(layer, weight, requested, calibration_tokens, repeats, generator)
             choices[key] = MethodChoice(method, timings, [])
