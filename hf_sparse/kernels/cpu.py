@@ -107,22 +107,26 @@ class SparseInferenceLinear(nn.Module):
         self.dtype = weight.dtype
 
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """``x W^T + b`` for a 2-D ``x`` with at least one row."""
         if self.method == "dense":
-            return F.linear(x, self._weight)
+            return F.linear(x, self._weight, self.bias)
         if self.method in ("torch_csr", "torch_bsr"):
             # Sparse on the left: MKL's sparse x dense path. F.linear(x, W_sparse) would be 3-5x slower than dense.
-            return torch.mm(self._weight, x.t()).t()
+            y = torch.mm(self._weight, x.t()).t()
+            return y if self.bias is None else y + self.bias
         panel = _numba_spmm.PANEL
         tokens = x.shape[0]
-        panels = -(-tokens // panel)
-        xp = F.pad(x, (0, 0, 0, panels * panel - tokens)).view(panels, panel, self.in_features)
-        xp = xp.transpose(1, 2).contiguous()
-        yp = torch.empty(panels, self.out_features, panel, dtype=x.dtype)
         # Follow torch's thread setting (OMP_NUM_THREADS / torch.set_num_threads) so both libraries agree.
         _numba.set_num_threads(max(1, min(torch.get_num_threads(), _numba.config.NUMBA_NUM_THREADS)))
+        xp = torch.empty(-(-tokens // panel), self.in_features, panel, dtype=x.dtype)
+        _numba_spmm.pack_panels(x.contiguous().numpy(), xp.numpy())
+        y = torch.empty(tokens, self.out_features, dtype=x.dtype)
         kernel = _numba_spmm.csr_panel_matmul if self.method == "numba_csr" else _numba_spmm.bsr_panel_matmul
-        kernel(*self._arrays, xp.numpy(), yp.numpy())
-        return yp.transpose(1, 2).reshape(panels * panel, self.out_features)[:tokens]
+        bias = torch.zeros(self.out_features, dtype=x.dtype) if self.bias is None else self.bias.detach()
+        # One accumulator row (two for BSR) per worker thread; allocated per call so concurrent callers never share.
+        shape = (_numba.config.NUMBA_NUM_THREADS,) + ((2,) if self.method == "numba_bsr" else ()) + (panel,)
+        kernel(*self._arrays, xp.numpy(), bias.numpy(), y.numpy(), torch.empty(shape, dtype=x.dtype).numpy())
+        return y
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype != self.dtype or x.device.type != "cpu":
@@ -135,8 +139,6 @@ class SparseInferenceLinear(nn.Module):
             raise ValueError(f"Expected input with last dimension {self.in_features}, got shape {tuple(x.shape)}.")
         flat = x.reshape(-1, self.in_features)
         y = self._matmul(flat) if flat.shape[0] else flat.new_zeros(0, self.out_features)
-        if self.bias is not None:
-            y = y + self.bias
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
