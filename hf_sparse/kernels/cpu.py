@@ -115,18 +115,29 @@ class SparseInferenceLinear(nn.Module):
             y = torch.mm(self._weight, x.t()).t()
             return y if self.bias is None else y + self.bias
         panel = _numba_spmm.PANEL
-        tokens = x.shape[0]
+        tokens, full = x.shape[0], x.shape[0] // panel
+        panels = -(-tokens // panel)
+        # Pack [tokens, in] into [panels, in, PANEL] in one pass (the zero-padded tail panel separately).
+        xp = torch.empty(panels, self.in_features, panel, dtype=x.dtype)
+        if full:
+            xp[:full].copy_(x[: full * panel].view(full, panel, self.in_features).transpose(1, 2))
+        if panels > full:
+            xp[full].zero_()
+            xp[full, :, : tokens - full * panel].copy_(x[full * panel:].t())
+        yp = torch.empty(panels, self.out_features, panel, dtype=x.dtype)
         # Follow torch's thread setting (OMP_NUM_THREADS / torch.set_num_threads) so both libraries agree.
         _numba.set_num_threads(max(1, min(torch.get_num_threads(), _numba.config.NUMBA_NUM_THREADS)))
-        xp = torch.empty(-(-tokens // panel), self.in_features, panel, dtype=x.dtype)
-        _numba_spmm.pack_panels(x.contiguous().numpy(), xp.numpy())
-        y = torch.empty(tokens, self.out_features, dtype=x.dtype)
         kernel = _numba_spmm.csr_panel_matmul if self.method == "numba_csr" else _numba_spmm.bsr_panel_matmul
-        bias = torch.zeros(self.out_features, dtype=x.dtype) if self.bias is None else self.bias.detach()
-        # One accumulator row (two for BSR) per worker thread; allocated per call so concurrent callers never share.
-        shape = (_numba.config.NUMBA_NUM_THREADS,) + ((2,) if self.method == "numba_bsr" else ()) + (panel,)
-        kernel(*self._arrays, xp.numpy(), bias.numpy(), y.numpy(), torch.empty(shape, dtype=x.dtype).numpy())
-        return y
+        kernel(*self._arrays, xp.numpy(), yp.numpy())
+        # Un-pack and add the bias in one pass. (Writing [tokens, out] from inside the kernel was measured 2-3x
+        # slower: 64 stores a row apart alias in L1 when ``out`` is a multiple of 1024.)
+        y = torch.empty(panels * panel, self.out_features, dtype=x.dtype)
+        transposed = yp.transpose(1, 2)
+        if self.bias is None:
+            y.view(panels, panel, self.out_features).copy_(transposed)
+        else:
+            torch.add(transposed, self.bias.detach(), out=y.view(panels, panel, self.out_features))
+        return y[:tokens]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype != self.dtype or x.device.type != "cpu":
