@@ -35,7 +35,7 @@ def _tiny_bert(**sparsity):
 
 
 @pytest.mark.parametrize("method", _method_params())
-@pytest.mark.parametrize("tokens", [1, 70, 128])
+@pytest.mark.parametrize("tokens", [1, 70, 128, 300])  # one short panel ... several panels with a tail
 def test_inference_linear_equals_masked_product(method, tokens):
     structure = MaskStructure("block", block_size=8)
     mask = random_mask((48, 40), structure, 0.25, 1, make_generator(0, "w"))

@@ -34,21 +34,22 @@ logger = logging.getLogger(__name__)
 METHODS = ("dense", "torch_csr", "torch_bsr", "numba_csr", "numba_bsr")
 _NUMBA_METHODS = ("numba_csr", "numba_bsr")
 
-try:  # optional dependency: `pip install hf_sparse[cpu-kernels]`
-    import numba as _numba
+@functools.lru_cache(maxsize=None)
+def _load_numba():
+    """``(numba, kernels module, None)`` or ``(None, None, reason)``; imported on first use because compiling and
+    loading Numba takes a noticeable fraction of a second that plain ``import hf_sparse`` should not pay."""
+    try:  # optional dependency: `pip install hf_sparse[cpu-kernels]`
+        import numba
 
-    from . import _numba_spmm
-
-    _NUMBA_ERROR: Optional[str] = None
-except Exception as err:  # ImportError, or a numba/llvmlite that does not match this numpy
-    _numba = None
-    _numba_spmm = None
-    _NUMBA_ERROR = f"{type(err).__name__}: {err}"
+        from . import _numba_spmm
+    except Exception as err:  # ImportError, or a numba/llvmlite build that does not match this numpy
+        return None, None, f"{type(err).__name__}: {err}"
+    return numba, _numba_spmm, None
 
 
 def numba_available() -> bool:
     """Whether the Numba CPU kernels can be used (``pip install hf_sparse[cpu-kernels]``)."""
-    return _numba_spmm is not None
+    return _load_numba()[1] is not None
 
 
 def linear_weight(layer: SparseMixin) -> torch.Tensor:
@@ -77,7 +78,9 @@ class SparseInferenceLinear(nn.Module):
         if method not in METHODS:
             raise ValueError(f"Unknown CPU inference method {method!r}; choose one of {', '.join(METHODS)}.")
         if method in _NUMBA_METHODS and not numba_available():
-            raise RuntimeError(f"method={method!r} needs numba (pip install 'hf_sparse[cpu-kernels]'): {_NUMBA_ERROR}")
+            raise RuntimeError(
+                f"method={method!r} needs numba (pip install 'hf_sparse[cpu-kernels]'): {_load_numba()[2]}"
+            )
         if method.endswith("_bsr") and (block_size < 1 or weight.shape[0] % block_size or weight.shape[1] % block_size):
             raise ValueError(f"block_size={block_size} does not tile the weight {tuple(weight.shape)}.")
         if method == "numba_bsr" and block_size % 4:
@@ -114,7 +117,8 @@ class SparseInferenceLinear(nn.Module):
             # Sparse on the left: MKL's sparse x dense path. F.linear(x, W_sparse) would be 3-5x slower than dense.
             y = torch.mm(self._weight, x.t()).t()
             return y if self.bias is None else y + self.bias
-        panel = _numba_spmm.PANEL
+        numba, spmm, _ = _load_numba()
+        panel = spmm.panel_width(x.shape[0], spmm.BSR_PANEL if self.method == "numba_bsr" else spmm.CSR_PANEL)
         tokens, full = x.shape[0], x.shape[0] // panel
         panels = -(-tokens // panel)
         # Pack [tokens, in] into [panels, in, PANEL] in one pass (the zero-padded tail panel separately).
@@ -126,11 +130,11 @@ class SparseInferenceLinear(nn.Module):
             xp[full, :, : tokens - full * panel].copy_(x[full * panel:].t())
         yp = torch.empty(panels, self.out_features, panel, dtype=x.dtype)
         # Follow torch's thread setting (OMP_NUM_THREADS / torch.set_num_threads) so both libraries agree.
-        _numba.set_num_threads(max(1, min(torch.get_num_threads(), _numba.config.NUMBA_NUM_THREADS)))
-        kernel = _numba_spmm.csr_panel_matmul if self.method == "numba_csr" else _numba_spmm.bsr_panel_matmul
+        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+        kernel = spmm.csr_panel_matmul if self.method == "numba_csr" else spmm.bsr_panel_matmul
         kernel(*self._arrays, xp.numpy(), yp.numpy())
         # Un-pack and add the bias in one pass. (Writing [tokens, out] from inside the kernel was measured 2-3x
-        # slower: 64 stores a row apart alias in L1 when ``out`` is a multiple of 1024.)
+        # slower: a panel's stores, a row apart, alias in L1 when ``out`` is a multiple of 1024.)
         y = torch.empty(panels * panel, self.out_features, dtype=x.dtype)
         transposed = yp.transpose(1, 2)
         if self.bias is None:
@@ -268,9 +272,10 @@ def to_cpu_inference_(
         dropped = [m for m in requested if m in _NUMBA_METHODS]
         requested = [m for m in requested if m not in _NUMBA_METHODS]
         if dropped and methods is not None and not requested:
-            raise RuntimeError(f"{dropped} need numba (pip install 'hf_sparse[cpu-kernels]'): {_NUMBA_ERROR}")
+            raise RuntimeError(f"{dropped} need numba (pip install 'hf_sparse[cpu-kernels]'): {_load_numba()[2]}")
         if dropped:
-            logger.info("Numba CPU kernels unavailable (%s); measuring PyTorch representations only.", _NUMBA_ERROR)
+            logger.info("Numba CPU kernels unavailable (%s); measuring PyTorch representations only.",
+                        _load_numba()[2])
     if calibration_tokens < 1 or repeats < 1:
         raise ValueError(f"calibration_tokens={calibration_tokens} and repeats={repeats} must be >= 1.")
     layers = sparse_modules(model)
