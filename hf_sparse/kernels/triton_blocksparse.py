@@ -15,8 +15,10 @@ its transpose view), so nothing is packed and optimizer updates are seen immedia
 fp32 for fp16 / bf16 / fp32 inputs. The `BlockLayout` is rebuilt from the mask whenever the mask buffer changes
 (its in-place version counter moves, e.g. after ``set_mask_``), or on `refresh_layout_`.
 
-On CPU the kernels run under Triton's interpreter (``TRITON_INTERPRET=1`` set before Triton is imported) — that is
-how the tests check them against the dense masked reference; real speed needs CUDA.
+On CPU the kernels run under Triton's interpreter (``TRITON_INTERPRET=1`` set before this module is imported) — that
+is how the tests check them against the dense masked reference; real speed needs CUDA. The kernels use only
+``triton.language`` built-ins (``tl.full``, not ``tl.zeros``, which Triton itself defines with ``@triton.jit``): the
+interpreter rejects such library functions when Triton was imported before the variable was set.
 """
 
 from __future__ import annotations
@@ -110,7 +112,7 @@ def _fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, row_ptr, col_idx, M,
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_b = tl.arange(0, BS)
     m_ok = offs_m[:, None] < M
-    acc = tl.zeros((BLOCK_M, BS), dtype=tl.float32)
+    acc = tl.full((BLOCK_M, BS), 0.0, tl.float32)
     start = tl.load(row_ptr + r)
     end = tl.load(row_ptr + r + 1)
     for p in range(start, end):
@@ -135,7 +137,7 @@ def _dx_kernel(dy_ptr, w_ptr, dx_ptr, col_ptr, row_idx, M,
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_b = tl.arange(0, BS)
     m_ok = offs_m[:, None] < M
-    acc = tl.zeros((BLOCK_M, BS), dtype=tl.float32)
+    acc = tl.full((BLOCK_M, BS), 0.0, tl.float32)
     start = tl.load(col_ptr + c)
     end = tl.load(col_ptr + c + 1)
     for p in range(start, end):
@@ -159,7 +161,7 @@ def _dw_kernel(dy_ptr, x_ptr, part_ptr, row_of, col_idx, M, NNZB, TILES_PER_SPLI
     r = tl.load(row_of + b)
     c = tl.load(col_idx + b)
     offs_b = tl.arange(0, BS)
-    acc = tl.zeros((BS, BS), dtype=tl.float32)
+    acc = tl.full((BS, BS), 0.0, tl.float32)
     m_begin = split * TILES_PER_SPLIT * BLOCK_M
     m_end = tl.minimum(M, m_begin + TILES_PER_SPLIT * BLOCK_M)
     for m0 in range(m_begin, m_end, BLOCK_M):
