@@ -11,7 +11,8 @@ its masked weight in one of:
 
 The choice is made by timing every applicable candidate on a calibration activation for each distinct layer
 kind (shape, structure, density) and keeping the fastest one whose output matches the dense masked product.
-The converted model is inference-only (no autograd through the sparse kernels).
+The converted model is inference-only (no autograd through the sparse kernels) and its state dict no longer holds
+the converted weights: save or push the sparse model before converting it.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 METHODS = ("dense", "torch_csr", "torch_bsr", "numba_csr", "numba_bsr")
 _NUMBA_METHODS = ("numba_csr", "numba_bsr")
+
 
 @functools.lru_cache(maxsize=None)
 def _load_numba():
