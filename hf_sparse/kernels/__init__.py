@@ -1,0 +1,35 @@
+"""Optional fast execution of sparse layers, always checked against the dense masked reference.
+
+- `to_cpu_inference_`: converts sparse layers to the fastest measured CPU representation for inference.
+- `enable_` / `disable_`: route sparse layers through Triton block-sparse kernels (training, CUDA) or 2:4
+  semi-structured sparse tensor cores (inference, CUDA cc >= 8.0). Off by default.
+
+Triton is imported only when its backend is used, so this package imports on machines without it.
+"""
+
+from .benchmark import InferenceBenchmark, benchmark_inference
+from .cpu import METHODS, MethodChoice, SparseInferenceLinear, numba_available, to_cpu_inference_
+from .dispatch import BACKENDS, active_backends, disable_, enable_
+
+
+def refresh_layout_(model) -> int:
+    """Rebuilds the Triton block layouts of every sparse layer using the Triton backend (layouts already follow
+    ``set_mask_`` automatically; this is for masks edited behind PyTorch's version counter, e.g. via ``.data``).
+
+    Returns:
+        The number of layouts rebuilt.
+    """
+    from . import triton_blocksparse as tb
+
+    rebuilt = 0
+    for module in model.modules():
+        if getattr(module, "_hf_sparse_backend", None) == "triton":
+            tb.refresh_layout_(module)
+            rebuilt += 1
+    return rebuilt
+
+
+__all__ = [
+    "BACKENDS", "METHODS", "InferenceBenchmark", "MethodChoice", "SparseInferenceLinear", "active_backends",
+    "benchmark_inference", "disable_", "enable_", "numba_available", "refresh_layout_", "to_cpu_inference_",
+]
