@@ -7,7 +7,7 @@ Example:
     >>> hf_sparse.densify_(model)
 """
 
-from . import flops, ift
+from . import flops, ift, kernels
 from .checkpoint import from_pretrained, save_pretrained
 from .config import DynamicSparsityConfig, RegularizerConfig, SparseIFTConfig, SparsityConfig
 from .controller import SparsityController
@@ -87,6 +87,7 @@ __all__ = [
     "from_pretrained_sparse_ift",
     "get_sparse_ift_config",
     "ift",
+    "kernels",
     "rebuild_sparse_ift_",
     "sparse_ift_",
     "densify_",

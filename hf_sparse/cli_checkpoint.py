@@ -160,7 +160,40 @@ def _run_card(args: argparse.Namespace) -> int:
 
 
 #: Entries for `cli.COMMANDS`.
+def _add_bench_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("directory", help="Sparse checkpoint directory.")
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--seq_len", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=5, help="Timed forward passes per model (best is kept).")
+    p.add_argument("--json", action="store_true", help="Print the result as JSON.")
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    """Loads the checkpoint's base model sparse and times it dense vs converted for CPU inference."""
+    from transformers import AutoModel
+
+    from .checkpoint import from_pretrained
+    from .kernels import benchmark_inference
+
+    if args.batch_size < 1 or args.seq_len < 1:
+        raise ValueError(f"--batch_size={args.batch_size} and --seq_len={args.seq_len} must be positive.")
+    model = from_pretrained(AutoModel, args.directory).eval()
+    result = benchmark_inference(model, batch_size=args.batch_size, seq_len=args.seq_len, repeats=args.repeats)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    print(f"{args.directory}: {type(model).__name__}, batch {args.batch_size} x {args.seq_len} tokens, "
+          f"best of {args.repeats}")
+    print(f"dense {result.dense_seconds * 1e3:.1f} ms, sparse {result.sparse_seconds * 1e3:.1f} ms: "
+          f"{result.speedup:.2f}x (max |difference| {result.max_abs_diff:.2e})")
+    for kind, choice in result.choices.items():
+        print(f"  {kind}: {choice.method}")
+    return 0
+
+
 CHECKPOINT_COMMANDS = {
+    "bench-inference": ("Time CPU inference of a sparse checkpoint against its dense model.", _add_bench_args,
+                        _run_bench),
     "inspect": ("Validate a sparse checkpoint and print its per-layer sparsity table.", _add_inspect_args,
                 _run_inspect),
     "densify": ("Write a plain transformers checkpoint (for dense fine-tuning) from a sparse one.",

@@ -33,7 +33,7 @@ def saved(tmp_path):
 
 
 def test_commands_registered():
-    assert {"demo", "inspect", "densify", "card"} <= set(COMMANDS)
+    assert {"demo", "inspect", "densify", "card", "bench-inference"} <= set(COMMANDS)
 
 
 def test_inspect_table(saved, capsys):
@@ -118,3 +118,14 @@ def test_console_entry_point(saved):
                          env=env, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "12 sparse modules" in res.stdout
+
+
+def test_bench_inference_on_a_checkpoint(saved, capsys):
+    path, _ = saved
+    assert main(["bench-inference", str(path), "--batch_size", "2", "--seq_len", "8", "--repeats", "1",
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["dense_seconds"] > 0 and result["sparse_seconds"] > 0
+    assert result["max_abs_diff"] < 1e-4  # the converted model computes what the masked model computes
+    assert result["methods"]  # one chosen representation per layer kind
+    assert main(["bench-inference", str(path), "--seq_len", "0"]) == 2
