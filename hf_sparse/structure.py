@@ -20,6 +20,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 
 KINDS = ("unstructured", "block", "nm", "nm_transposable")
@@ -214,8 +215,20 @@ def topk_granules(scores: torch.Tensor, k: int, allowed: Optional[torch.Tensor] 
         flat = flat.masked_fill(~allowed.reshape(-1), float("-inf"))
     out = torch.zeros(flat.numel(), dtype=torch.bool, device=scores.device)
     if k:
-        out[torch.topk(flat, k, sorted=False).indices] = True
+        out[_largest_indices(flat, k)] = True
     return out.view(scores.shape)
+
+
+def _largest_indices(flat: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the ``k`` largest entries of a 1-D tensor, in no particular order.
+
+    On the CPU, NumPy's introselect (``argpartition``, linear time) is about 10x faster than ``torch.topk`` for
+    the k ~ 10% of millions of weights a mask update selects; elsewhere ``torch.topk`` runs on the device.
+    """
+    if flat.device.type == "cpu":
+        values = flat.detach().contiguous().numpy()
+        return torch.from_numpy(np.argpartition(values, values.size - k)[values.size - k :])
+    return torch.topk(flat, k, sorted=False).indices
 
 
 def expand_granules(granule_mask: torch.Tensor, structure: MaskStructure) -> torch.Tensor:
