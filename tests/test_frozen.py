@@ -129,3 +129,28 @@ def test_zero_mode_checkpoint_still_rejects_leaks(tmp_path):
     save_file(tensors, str(path), metadata={"format": "pt"})
     with pytest.raises(ckpt.CheckpointError, match="non-zero"):
         ckpt.from_pretrained(BertForMaskedLM, tmp_path / "c", verify_checksums=False)
+
+
+def test_sparse_trainer_frozen_run_saves_and_reloads(tmp_path):
+    from transformers import TrainingArguments
+
+    from hf_sparse.trainer import SparseTrainer
+
+    model = tiny_bert()
+    g = torch.Generator().manual_seed(0)
+    data = [{"input_ids": (ids := torch.randint(5, 64, (8,), generator=g)), "labels": ids.clone()} for _ in range(16)]
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=4, learning_rate=1e-2,
+                             save_strategy="steps", save_steps=2, report_to=[], use_cpu=True, disable_tqdm=True)
+    dyn = DynamicSparsityConfig(algorithm="dynsparse", update_interval=2, inactive="frozen")
+    trainer = SparseTrainer(model=model, args=args, train_dataset=data, sparsity_config=SparsityConfig(sparsity=0.75),
+                            dynamic_config=dyn)
+    trainer.train()
+    trainer.save_model(str(tmp_path / "final"))
+    ids = torch.randint(5, 64, (2, 8), generator=g)
+    model.eval()
+    for directory in (tmp_path / "final", tmp_path / "checkpoint-2"):
+        loaded = ckpt.from_pretrained(BertForMaskedLM, directory).eval()
+        assert all(m.inactive_mode == "frozen" for m in sparse_modules(loaded).values())
+    final = ckpt.from_pretrained(BertForMaskedLM, tmp_path / "final").eval()
+    assert torch.allclose(final(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-6)
+    assert any(int(torch.count_nonzero(m.weight.detach()[~m.weight_mask])) for m in sparse_modules(model).values())
