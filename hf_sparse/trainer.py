@@ -93,6 +93,8 @@ class SparsityCallback(TrainerCallback):
         self._lr_scaled = False
         self._model = None
         self._flops_hook = None
+        #: Set by `SparseTrainer`, whose ``save_model`` already writes the masks into every checkpoint.
+        self.trainer_writes_artifacts = False
 
     def _sparsify(self, model) -> None:
         model = unwrap_model(model)
@@ -223,6 +225,12 @@ class SparsityCallback(TrainerCallback):
         directory = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
         if os.path.isdir(directory):
             self.controller.save_state(directory)
+            if not self.trainer_writes_artifacts and self._model is not None:
+                # A vanilla Trainer wrote raw weights only: rewrite them (same values, so an exact resume still
+                # works) together with the masks and sparsity_config.json, in place (other ranks write here).
+                save_pretrained(self._model, directory, dynamic_config=self.dynamic_config,
+                                training_stats=self.training_stats(state), is_main_process=True, atomic=False,
+                                state_dict=self._model.state_dict())
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.controller is not None:
@@ -262,6 +270,7 @@ class SparseTrainer(Trainer):
         if self.is_fsdp_enabled or self.is_deepspeed_enabled:
             raise ValueError(_FSDP_MESSAGE)
         self.sparsity_callback.log_fn = self.log
+        self.sparsity_callback.trainer_writes_artifacts = True
         handler = getattr(self.accelerator, "ddp_handler", None)
         if self.args.ddp_broadcast_buffers is None and handler is not None:
             # Masks are identical on every process by construction (and checked at each update); DDP's default

@@ -82,3 +82,21 @@ def test_checkpoint_dir_loads_with_from_pretrained(tmp_path):
     again.train(resume_from_checkpoint=str(tmp_path / "checkpoint-6"))
     assert again.state.global_step == 8
     assert again.sparsity_callback.flops.steps == 8
+
+
+def test_vanilla_trainer_with_callback_checkpoints_hold_masks(tmp_path):
+    from transformers import Trainer
+
+    from hf_sparse.trainer import SparsityCallback
+
+    model = tiny_bert()
+    cb = SparsityCallback(SparsityConfig(sparsity=0.75), DynamicSparsityConfig(algorithm="set", update_interval=2))
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=4, save_steps=2,
+                             save_strategy="steps", report_to=[], use_cpu=True, disable_tqdm=True)
+    Trainer(model=model, args=args, train_dataset=dataset(), callbacks=[cb]).train()
+    record, masks = ckpt.read_checkpoint(tmp_path / "checkpoint-4")
+    assert record["training_stats"]["step"] == 4 and record["training_stats"]["train_flops"] > 0
+    for name, m in sparse_modules(model).items():
+        assert torch.equal(masks[name], m.weight_mask), name
+    assert (tmp_path / "checkpoint-4" / "optimizer.pt").is_file()
+    ckpt.from_pretrained(BertForMaskedLM, tmp_path / "checkpoint-2")
