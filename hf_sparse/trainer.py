@@ -3,8 +3,11 @@
 The callback decides *when*: it sparsifies the model once the Trainer is built (before the optimizer exists and
 before DDP wraps it), builds the `SparsityController` at train start with the run's total optimizer steps
 (``state.max_steps``: epochs, gradient accumulation and world size are already folded in), calls
-``controller.step`` after every optimizer step, writes the controller state into every checkpoint directory and
-restores it when training resumes. `SparseTrainer` only wires the callback in and logs the metrics.
+``controller.step`` after every optimizer step, writes the controller state, the masks and ``sparsity_config.json``
+into every checkpoint directory and restores the state when training resumes. It also accumulates training FLOPs
+(sparse and dense-equivalent) from the real batch shapes and the densities in force at each step
+(`StepFlopsAccumulator`). `SparseTrainer` wires the callback in, logs the metrics (``sparsity/train_flops`` with
+every training-loss entry) and saves hf_sparse checkpoints from ``save_model``.
 
 Example:
     >>> trainer = SparseTrainer(model=model, args=TrainingArguments("out", max_steps=1000), train_dataset=ds,
