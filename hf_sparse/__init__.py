@@ -41,11 +41,16 @@ from .ift import (
     sparse_ift_,
 )
 from .lr_rule import sparse_lr
+from .reporting import load_run, write_report
 from .structure import MaskStructure
+from .train_flops import StepFlopsAccumulator
 from .trainer import SparseTrainer, SparsityCallback
 from .version import __version__
 
 __all__ = [
+    "StepFlopsAccumulator",
+    "load_run",
+    "write_report",
     "DynamicSparsityConfig",
     "SparseTrainer",
     "SparsityCallback",

@@ -95,6 +95,10 @@ def module_records(model: nn.Module) -> List[Dict[str, Any]]:
                 "density": active / m.weight_mask.numel(),
                 "active": active,
                 "numel": m.weight_mask.numel(),
+                # "frozen": inactive weights take part in the forward pass with their stored values, so the
+                # checkpoint keeps them (the effective weight is the whole weight) and loading does not
+                # require zeros there.
+                "inactive_mode": getattr(m, "inactive_mode", "zero"),
             }
         )
     return records
@@ -184,10 +188,14 @@ def save_pretrained(
 def _effective_state_dict_kwargs(model: nn.Module, found: Dict[str, nn.Module], kwargs: Dict[str, Any]) -> Dict[str, Any]:
     """Adds a ``state_dict`` holding the effective (masked) weights when some inactive weight is non-zero.
 
-    Algorithms that keep values for inactive weights (top-k with straight-through gradients, ``inactive="frozen"``)
-    would otherwise publish weights the sparse model never uses, and vanilla ``from_pretrained`` would load them.
+    Algorithms that keep values for inactive weights (top-k with straight-through gradients) would otherwise
+    publish weights the sparse model never uses, and vanilla ``from_pretrained`` would load them. Layers in
+    ``inactive_mode="frozen"`` are left whole: their frozen inactive weights *are* used by the forward pass.
     """
-    leaking = {n: m for n, m in found.items() if bool(torch.any(m.weight.detach()[~m.weight_mask] != 0))}
+    leaking = {
+        n: m for n, m in found.items()
+        if getattr(m, "inactive_mode", "zero") != "frozen" and bool(torch.any(m.weight.detach()[~m.weight_mask] != 0))
+    }
     if not leaking or "state_dict" in kwargs:
         return kwargs
     state = model.state_dict()
@@ -226,6 +234,7 @@ def read_sparsity_config(directory: Union[str, os.PathLike]) -> Dict[str, Any]:
             assert isinstance(rec["name"], str) and rec["layout"] in LAYOUTS.values()
             assert len(rec["shape"]) == 2 and all(isinstance(s, int) and s > 0 for s in rec["shape"])
             assert isinstance(rec["active"], int)
+            assert rec.get("inactive_mode", "zero") in ("zero", "frozen")
             rec["_structure"] = MaskStructure(**rec["structure"])
         except (AssertionError, KeyError, TypeError, ValueError) as err:
             raise CheckpointError(
@@ -293,7 +302,7 @@ def _plan_restore(model: nn.Module, record: Dict[str, Any], masks: Dict[str, tor
     """Maps every recorded module onto ``model`` and checks it, without changing anything.
 
     Returns:
-        ``(target name, dense module, mask, structure, target density)`` per recorded module.
+        ``(target name, dense module, mask, structure, target density, inactive mode)`` per recorded module.
     """
     prefix = _base_prefix(model)
     named = dict(model.named_modules())
@@ -321,13 +330,14 @@ def _plan_restore(model: nn.Module, record: Dict[str, Any], masks: Dict[str, tor
                 f"{tuple(module.weight.shape)}."
             )
         mask = mask.to(module.weight.device)
-        leaked = int(torch.count_nonzero(module.weight.detach()[~mask]))
+        mode = rec.get("inactive_mode", "zero")
+        leaked = 0 if mode == "frozen" else int(torch.count_nonzero(module.weight.detach()[~mask]))
         if leaked:
             raise CheckpointError(
                 f"model weights: module {target!r} has {leaked} non-zero weights where {MASKS_NAME} marks them "
                 "inactive (corrupted weights or masks)."
             )
-        plan.append((target, module, mask, rec["_structure"], float(rec.get("target_density", rec["density"]))))
+        plan.append((target, module, mask, rec["_structure"], float(rec.get("target_density", rec["density"])), mode))
     unrecorded = sorted(set(sparse_modules(model)) - {p[0] for p in plan})
     if unrecorded:
         raise CheckpointError(
@@ -352,12 +362,14 @@ def restore_sparse_modules_(model: nn.Module, record: Dict[str, Any], masks: Dic
     """
     plan = _plan_restore(model, record, masks)
     cfg = SparsityConfig.from_dict(record["sparsity_config"]) if record.get("sparsity_config") else None
-    for target, module, mask, structure, density in plan:
+    for target, module, mask, structure, density, mode in plan:
         if is_sparse_module(module):  # rebuilt Sparse-IFT layer: replace its initial mask with the saved one
             module.set_mask_(mask, zero_inactive=False)
             module.structure, module.target_density = structure, density
+            module.set_inactive_mode_(mode)
             continue
         sparse = sparse_class_for(module).from_dense(module, mask, structure, density)
+        sparse.set_inactive_mode_(mode)
         parent_name, _, child = target.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, sparse)
     if cfg is not None:

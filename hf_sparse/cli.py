@@ -12,6 +12,7 @@ import time
 from typing import Callable, Dict, List, Optional, Tuple
 
 from .cli_checkpoint import CHECKPOINT_COMMANDS
+from .cli_report import add_report_args, run_report
 
 
 def _add_demo_args(p: argparse.ArgumentParser) -> None:
@@ -127,6 +128,8 @@ COMMANDS: Dict[str, Command] = {
     "demo": ("Sparsify a tiny BERT / GPT-2, print the report, train a few steps.", _add_demo_args, _run_demo),
     "flops": ("Count dense / sparse / Sparse Wide FLOPs of a BERT or GPT-2 shape.", _add_flops_args, _run_flops),
     **CHECKPOINT_COMMANDS,  # inspect, densify, card
+    "report": ("Plot a training run (or several): densities, DOF, masks, threshold sparsity, loss vs FLOPs.",
+               add_report_args, run_report),
 }
 
 

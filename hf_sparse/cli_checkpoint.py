@@ -33,6 +33,7 @@ def check_stored_weights(directory: Path, record: Dict[str, Any], masks: Dict[st
     from .mask_io import MASKS_NAME, CheckpointError, weight_files
 
     wanted = {rec["name"] + ".weight": rec["name"] for rec in record["modules"]}
+    frozen = {rec["name"] for rec in record["modules"] if rec.get("inactive_mode") == "frozen"}
     found: Dict[str, str] = {}
     for fname in weight_files(directory):
         with safe_open(str(directory / fname), framework="pt") as f:
@@ -41,7 +42,8 @@ def check_stored_weights(directory: Path, record: Dict[str, Any], masks: Dict[st
                 if tuple(weight.shape) != tuple(masks[name].shape):
                     raise CheckpointError(f"{fname}: {key} has shape {tuple(weight.shape)}, its mask "
                                           f"{tuple(masks[name].shape)}.")
-                leaked = int(torch.count_nonzero(weight[~masks[name]]))
+                # Frozen inactive weights are part of the effective weight: non-zero values are expected there.
+                leaked = 0 if name in frozen else int(torch.count_nonzero(weight[~masks[name]]))
                 if leaked:
                     raise CheckpointError(f"{fname}: module {name!r} has {leaked} non-zero weights where "
                                           f"{MASKS_NAME} marks them inactive.")

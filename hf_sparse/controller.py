@@ -41,7 +41,7 @@ from .controller_utils import (
 )
 from .layers import SparseMixin
 from .lr_rule import sparse_lr
-from .patching import find_target_modules, get_sparsity_config, sparse_modules, sparsify_
+from .patching import _new_weight, find_target_modules, get_sparsity_config, sparse_modules, sparsify_
 from .structure import MaskStructure, granules_to_elements
 
 logger = logging.getLogger(__name__)
@@ -76,9 +76,23 @@ def sparsify_for_training_(
                 f"The optimizer does not hold the weights of target layers {missing[:3]}"
                 f"{'...' if len(missing) > 3 else ''}; build it from model.parameters()."
             )
+    frozen = dynamic_config.inactive == "frozen"
+    # Frozen inactive weights keep the values they start with (seed paper 000, Fig. 1a "untrained"), so the
+    # values sparsify_ zeroes are put back; with a fresh init they are that init, drawn again from its seed.
+    kept = (
+        {n: m.weight.detach().clone() for n, m in find_target_modules(model, start_cfg).items()}
+        if frozen and start_cfg.init == "keep" else {}
+    )
     sparsify_(model, start_cfg)
     model._hf_sparse_config = sparsity_config
-    return sparse_modules(model)
+    modules = sparse_modules(model)
+    if frozen:
+        with torch.no_grad():
+            for name, module in modules.items():
+                values = kept[name] if name in kept else _new_weight(module, start_cfg, name)
+                module.weight.copy_(torch.where(module.weight_mask, module.weight, values))
+                module.set_inactive_mode_("frozen")
+    return modules
 
 
 class SparsityController:
@@ -149,6 +163,10 @@ class SparsityController:
         self.step_count = 0
         self.num_updates = 0
         self.algorithm.setup_(modules, final_layer_densities(modules, sparsity_config))
+        for module in modules.values():
+            module.set_inactive_mode_(dynamic_config.inactive)
+        #: JSON-ready state of integrations (e.g. accumulated training FLOPs), saved and restored with ours.
+        self.extra_state: Dict[str, Any] = {}
         self.ever_active = {n: m.weight_mask.clone() for n, m in modules.items()}
         self.last_added = {n: torch.zeros_like(m.weight_mask) for n, m in modules.items()}
         self._frozen: Dict[str, torch.Tensor] = {}
@@ -395,6 +413,7 @@ class SparsityController:
             "dynamic_config": self.dynamic_config.to_dict(),
             "sparsity_config": self.sparsity_config.to_dict() if self.sparsity_config is not None else None,
             "metrics": self.last_metrics,
+            "extra_state": self.extra_state,
         }
         return {"tensors": tensors, "meta": meta}
 
@@ -421,6 +440,7 @@ class SparsityController:
             logger.warning("Controller state was for %s total steps, this run has %d: schedule differs.",
                            meta.get("total_steps"), self.total_steps)
         self.step_count = int(meta["step"])
+        self.extra_state = dict(meta.get("extra_state") or {})
         self.num_updates = int(meta["num_updates"])
         self.algorithm.load_state_dict(meta.get("algorithm_state", {}))
         live = self.algorithm.inactive_values_live(self.step_count)

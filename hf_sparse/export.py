@@ -113,6 +113,13 @@ def export(
         raise ValueError(f"{type(model).__name__} has no sparse modules to export.")
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ValueError(f"dtype={dtype!r} must be a floating-point torch.dtype.")
+    frozen = [n for n, m in found.items() if getattr(m, "inactive_mode", "zero") == "frozen"]
+    if frozen and format == "compressed":
+        raise ValueError(
+            f"format='compressed' stores active values only, but modules {frozen[:3]} use inactive_mode='frozen' "
+            "(their inactive weights take part in the forward pass); use hf_sparse.save_pretrained or "
+            "format='dense', or set_inactive_mode_('zero') and zero them first."
+        )
     if not _is_main_process(is_main_process):
         return None
     tensors, tied = _unique_state(model)

@@ -23,6 +23,9 @@ from transformers.pytorch_utils import Conv1D
 
 from .structure import MaskStructure
 
+#: How inactive weights behave in the forward pass (see `SparseMixin.inactive_mode`).
+INACTIVE_MODES = ("zero", "frozen")
+
 
 class SparseMixin:
     """State and helpers shared by `SparseLinear` and `SparseConv1D`.
@@ -32,6 +35,10 @@ class SparseMixin:
         structure: The `MaskStructure` the mask obeys.
         target_density: The density this layer is meant to hold.
         straight_through: When ``True``, gradients reach inactive weights too.
+        inactive_mode: ``"zero"`` (inactive weights count as zero) or ``"frozen"`` (they take part in the
+            forward pass with their stored values but get no gradient: the "untrained" inactive weights of
+            DynSparse, seed paper 000 Sec. 1.2). Set by `SparsityController` from
+            ``DynamicSparsityConfig.inactive``; use `set_inactive_mode_` to change it.
     """
 
     #: Index of the input (reduction) dimension of ``weight``.
@@ -49,14 +56,33 @@ class SparseMixin:
         self.structure = structure
         self.target_density = float(target_density)
         self.straight_through = False
+        self.inactive_mode = "zero"
 
     def masked_weight(self) -> torch.Tensor:
-        """The effective weight the matmul uses: inactive entries are exactly zero."""
+        """The effective weight the matmul uses.
+
+        With ``inactive_mode="zero"`` inactive entries are exactly zero. With ``"frozen"`` they keep their
+        (frozen) values in the forward pass but are detached, so they receive exactly zero gradient.
+        """
+        if self.inactive_mode == "frozen":
+            if self.straight_through:  # the forward value is the whole weight; the gradient reaches every entry
+                return self.weight
+            return torch.where(self.weight_mask, self.weight, self.weight.detach())
         effective = torch.where(self.weight_mask, self.weight, 0.0)
         if self.straight_through:
             # Forward value of the masked weight, gradient of the identity: a dense gradient for every weight.
             return self.weight + (effective - self.weight).detach()
         return effective
+
+    def set_inactive_mode_(self, mode: str) -> None:
+        """Sets ``inactive_mode`` (``"zero"`` or ``"frozen"``); weights are not touched.
+
+        Example:
+            >>> layer.set_inactive_mode_("frozen")
+        """
+        if mode not in INACTIVE_MODES:
+            raise ValueError(f"inactive_mode={mode!r} must be one of {INACTIVE_MODES}.")
+        self.inactive_mode = mode
 
     @torch.no_grad()
     def set_mask_(self, mask: torch.Tensor, zero_inactive: bool = True) -> torch.Tensor:
@@ -87,6 +113,7 @@ class SparseMixin:
     def extra_repr(self) -> str:  # noqa: D401 - nn.Module hook
         base = super().extra_repr() if not isinstance(self, Conv1D) else f"nf={self.nf}, nx={self.nx}"
         st = ", straight_through=True" if self.straight_through else ""
+        st += ", inactive_mode=frozen" if self.inactive_mode == "frozen" else ""
         return f"{base}, structure={self.structure.describe()}, density={self.density:.4f}{st}"
 
 

@@ -3,8 +3,11 @@
 The callback decides *when*: it sparsifies the model once the Trainer is built (before the optimizer exists and
 before DDP wraps it), builds the `SparsityController` at train start with the run's total optimizer steps
 (``state.max_steps``: epochs, gradient accumulation and world size are already folded in), calls
-``controller.step`` after every optimizer step, writes the controller state into every checkpoint directory and
-restores it when training resumes. `SparseTrainer` only wires the callback in and logs the metrics.
+``controller.step`` after every optimizer step, writes the controller state, the masks and ``sparsity_config.json``
+into every checkpoint directory and restores the state when training resumes. It also accumulates training FLOPs
+(sparse and dense-equivalent) from the real batch shapes and the densities in force at each step
+(`StepFlopsAccumulator`). `SparseTrainer` wires the callback in, logs the metrics (``sparsity/train_flops`` with
+every training-loss entry) and saves hf_sparse checkpoints from ``save_model``.
 
 Example:
     >>> trainer = SparseTrainer(model=model, args=TrainingArguments("out", max_steps=1000), train_dataset=ds,
@@ -17,18 +20,27 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Callable, Dict, Optional
+import re
+from typing import Any, Callable, Dict, Optional
 
+import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
+from .checkpoint import save_pretrained
 from .config import DynamicSparsityConfig, SparsityConfig
 from .controller import STATE_META_NAME, SparsityController, sparsify_for_training_
 from .controller_utils import unwrap_model
 from .lr_rule import sparse_lr
 from .patching import get_sparsity_config, sparse_modules
+from .train_flops import StepFlopsAccumulator
 
 logger = logging.getLogger(__name__)
+
+#: Key of the accumulated training FLOPs in `SparsityController.extra_state` (restored on resume).
+FLOPS_STATE_KEY = "train_flops"
+TRAINING_ARGS_NAME = "training_args.bin"
+_CHECKPOINT_DIR = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-\d+")
 
 _FSDP_MESSAGE = (
     "hf_sparse does not support FSDP or DeepSpeed yet: mask updates need full, unsharded weights and the "
@@ -79,7 +91,13 @@ class SparsityCallback(TrainerCallback):
         self.log_fn: Optional[Callable[[Dict[str, float]], None]] = None
         #: Checkpoint directory to restore from (set by `SparseTrainer.train`); else derived from the step.
         self.resume_dir: Optional[str] = None
+        #: Training FLOPs (sparse and dense) accumulated from the real batch shapes; built at train start.
+        self.flops: Optional[StepFlopsAccumulator] = None
         self._lr_scaled = False
+        self._model = None
+        self._flops_hook = None
+        #: Set by `SparseTrainer`, whose ``save_model`` already writes the masks into every checkpoint.
+        self.trainer_writes_artifacts = False
 
     def _sparsify(self, model) -> None:
         model = unwrap_model(model)
@@ -132,13 +150,47 @@ class SparsityCallback(TrainerCallback):
                 )
             self.controller.load_state(directory)
             logger.info("Restored sparsity controller state from %s (step %d).", directory, state.global_step)
-        self.last_metrics = dict(self.controller.last_metrics)
+        self._start_flops(model)
+        self.last_metrics = {**self.controller.last_metrics, **self.flops.metrics()}
+
+    def _start_flops(self, model) -> None:
+        self._model = unwrap_model(model)
+        self.flops = StepFlopsAccumulator(self._model)
+        saved = self.controller.extra_state.get(FLOPS_STATE_KEY)
+        if saved:
+            self.flops.load_state_dict(saved)
+        if self._flops_hook is not None:
+            self._flops_hook.remove()
+        # A forward pre-hook sees every training micro-batch whatever the Trainer subclass does with it (and the
+        # inner module's hook also fires under DDP); evaluation runs in eval mode / no_grad and is skipped.
+        self._flops_hook = self._model.register_forward_pre_hook(self._record_batch, with_kwargs=True)
+
+    def _record_batch(self, module, args, kwargs) -> None:
+        if not (module.training and torch.is_grad_enabled()) or self.flops is None:
+            return
+        x = kwargs.get("input_ids")
+        if x is None:
+            x = kwargs.get("inputs_embeds")
+        if x is None and args and torch.is_tensor(args[0]):
+            x = args[0]
+        if x is None or x.dim() == 0:
+            return
+        if kwargs.get("inputs_embeds") is x:
+            self.flops.add_batch(x.shape[0], x.shape[1] if x.dim() > 2 else 1)
+        else:
+            self.flops.add_batch(x.shape[0], x.shape[-1] if x.dim() > 1 else 1)
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.controller is None:
             return
+        # This step ran at the densities in force before the controller's update below.
+        self.flops.end_step_(max(int(args.world_size), 1))
+        self.controller.extra_state[FLOPS_STATE_KEY] = self.flops.state_dict()
         metrics = self.controller.step(state.global_step)
         updated = metrics.pop("sparsity/updated", 0.0)
+        if updated:
+            self.flops.refresh_(self._model)  # only now: walking the modules every step would cost too much
+        metrics.update(self.flops.metrics())
         self.last_metrics = metrics
         if updated:
             if self.log_fn is not None:
@@ -150,16 +202,45 @@ class SparsityCallback(TrainerCallback):
                 logger.info("step %d sparsity metrics: %s", state.global_step, metrics)
         return control
 
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        # A vanilla Trainer: put the FLOPs into the training log entry (SparseTrainer.log already did).
+        if self.flops is None or not logs or "loss" not in logs or not state.log_history:
+            return
+        entry = state.log_history[-1]
+        if "sparsity/train_flops" not in entry:
+            entry.update(self.flops.metrics())
+
+    def training_stats(self, state) -> Dict[str, Any]:
+        """Training statistics for the checkpoint record / model card (``step``, ``dof``, FLOPs, ``tokens``)."""
+        stats: Dict[str, Any] = {"step": int(state.global_step)}
+        if self.controller is not None:
+            stats["dof"] = float(self.controller.last_metrics.get("sparsity/dof", 0.0))
+            stats["algorithm"] = self.controller.algorithm.name
+            stats["num_updates"] = int(self.controller.num_updates)
+        if self.flops is not None:
+            stats.update(train_flops=self.flops.sparse_total, dense_train_flops=self.flops.dense_total,
+                         tokens=int(self.flops.tokens))
+        return stats
+
     def on_save(self, args, state, control, **kwargs):
         if self.controller is None or not state.is_world_process_zero:
             return
         directory = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
         if os.path.isdir(directory):
             self.controller.save_state(directory)
+            if not self.trainer_writes_artifacts and self._model is not None:
+                # A vanilla Trainer wrote raw weights only: rewrite them (same values, so an exact resume still
+                # works) together with the masks and sparsity_config.json, in place (other ranks write here).
+                save_pretrained(self._model, directory, dynamic_config=self.dynamic_config,
+                                training_stats=self.training_stats(state), is_main_process=True, atomic=False,
+                                state_dict=self._model.state_dict())
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.controller is not None:
             self.controller.close()
+        if self._flops_hook is not None:
+            self._flops_hook.remove()
+            self._flops_hook = None
 
 
 class SparseTrainer(Trainer):
@@ -192,6 +273,7 @@ class SparseTrainer(Trainer):
         if self.is_fsdp_enabled or self.is_deepspeed_enabled:
             raise ValueError(_FSDP_MESSAGE)
         self.sparsity_callback.log_fn = self.log
+        self.sparsity_callback.trainer_writes_artifacts = True
         handler = getattr(self.accelerator, "ddp_handler", None)
         if self.args.ddp_broadcast_buffers is None and handler is not None:
             # Masks are identical on every process by construction (and checked at each update); DDP's default
@@ -202,6 +284,58 @@ class SparseTrainer(Trainer):
     def controller(self) -> Optional[SparsityController]:
         """The `SparsityController` (``None`` before training starts)."""
         return self.sparsity_callback.controller
+
+    def log(self, logs: Dict[str, float], *args, **kwargs) -> None:
+        """``Trainer.log``; training-loss entries also get ``sparsity/train_flops`` / ``sparsity/dense_train_flops``."""
+        flops = self.sparsity_callback.flops
+        if flops is not None and "loss" in logs:
+            logs = {**logs, **flops.metrics()}
+        super().log(logs, *args, **kwargs)
+
+    def training_stats(self) -> Dict[str, Any]:
+        """What the run has done so far: ``step``, ``dof``, ``train_flops``, ``dense_train_flops``, ``tokens``."""
+        return self.sparsity_callback.training_stats(self.state)
+
+    def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False) -> None:
+        """Saves the model as an hf_sparse checkpoint (main process only).
+
+        Called by the user (or at the end of ``push_to_hub``), it writes a full sparse checkpoint with
+        `hf_sparse.save_pretrained`: effective weights, masks, ``sparsity_config.json`` (sparsity and dynamic
+        configs, training statistics), the model card, the tokenizer (``processing_class``) and
+        ``training_args.bin``. For the Trainer's own ``checkpoint-N`` directories the raw weights are kept (an
+        exact resume needs every stored value, e.g. top-k's non-participating weights) and the masks and
+        ``sparsity_config.json`` are written next to them, in place (other processes write into the same
+        directory), so ``hf_sparse.from_pretrained`` and ``hf-sparse inspect`` can open a checkpoint whose
+        inactive weights are zero.
+
+        Args:
+            output_dir: Target directory (default ``args.output_dir``).
+            _internal_call: Set by the Trainer for its own saves (no Hub push then).
+        """
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        model = unwrap_model(self.accelerator.unwrap_model(self.model, keep_torch_compile=False))
+        if not sparse_modules(model):
+            return super().save_model(output_dir, _internal_call=_internal_call)
+        if self.args.should_save:
+            raw = _internal_call and _CHECKPOINT_DIR.fullmatch(os.path.basename(os.path.normpath(output_dir)))
+            extra = {"state_dict": model.state_dict()} if raw else {}
+            # A directory that already holds sub-directories (checkpoint-N, runs/ of a live TensorBoard writer)
+            # is written in place: an atomic swap would copy them and pull open log files from under writers.
+            atomic = not raw and not (os.path.isdir(output_dir) and any(
+                os.path.isdir(os.path.join(output_dir, e)) for e in os.listdir(output_dir)))
+            save_pretrained(
+                model, output_dir, dynamic_config=self.sparsity_callback.dynamic_config,
+                training_stats=self.training_stats(), tokenizer=self._tokenizer_to_save(),
+                is_main_process=True, atomic=atomic, **extra,
+            )
+            torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+        if self.args.push_to_hub and not _internal_call:
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+
+    def _tokenizer_to_save(self):
+        if self.processing_class is not None:
+            return self.processing_class
+        return getattr(self.data_collator, "tokenizer", None)
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         """``Trainer.train``; also tells the callback which checkpoint's controller state to restore."""

@@ -46,7 +46,8 @@ class DynamicSparsityConfig(ConfigMixin):
         start_fraction: No update before this fraction of training (GMP starts pruning here).
         end_fraction: No update after this fraction of training; the pruning ratio decays to zero there.
         inactive: ``"zero"`` (inactive weights are exactly zero) or ``"frozen"`` (inactive weights keep their
-            values but are never updated; re-allocated weights resume from their kept value).
+            initial values, take part in the forward pass with them but get no gradient and are never updated;
+            re-allocated weights resume from their kept value; checkpoints store the full weights).
         apply_sparse_lr: Scale the learning rate by the sparse learning-rate rule (seed paper 000, Eq. 3).
         gmp_initial_density: Density GMP starts from (1.0 = dense).
         topk_exploitation: ``"FIX"`` (stop rewiring after ``topk_fix_fraction`` and zero non-participating
