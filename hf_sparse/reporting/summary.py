@@ -8,7 +8,6 @@ import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from . import plots
 from .run import RunData
 
 logger = logging.getLogger(__name__)
@@ -113,6 +112,8 @@ def write_report(runs: Sequence[RunData], out: str | Path, layer: Optional[str] 
     Example:
         >>> write_report([load_run("out/s90"), load_run("out/s75")], "report")
     """
+    from . import plots  # matplotlib is imported only when a report is drawn
+
     if not runs:
         raise ValueError("write_report needs at least one run.")
     names = [r.name for r in runs]
