@@ -277,6 +277,10 @@ def load_for_finetuning(model_class, model_args: ModelArguments, sparse: Dict[st
     path = model_args.model_name_or_path
     if path is None:
         raise ValueError("Fine-tuning needs --model_name_or_path (a dense or hf_sparse checkpoint).")
+    if hasattr(model_class, "_model_mapping"):  # an Auto class: hf_sparse.from_pretrained needs the concrete one
+        from transformers import AutoConfig
+
+        model_class = model_class._model_mapping[type(AutoConfig.from_pretrained(path))]
     if is_sparse_checkpoint(path):
         model = hf_sparse.from_pretrained(model_class, path, dense=model_args.dense_finetune, **config_kwargs)
     else:
