@@ -39,7 +39,7 @@ logger = logging.getLogger("hf_sparse.recipes.finetune_squad")
 DEFAULTS = dict(
     dataset_name="rajpurkar/squad", max_seq_length=384, doc_stride=128, n_best_size=20, max_answer_length=30,
     learning_rate=3e-5, num_train_epochs=2.0, per_device_train_batch_size=32, per_device_eval_batch_size=64,
-    weight_decay=0.01, warmup_ratio=0.1, lr_scheduler_type="linear", logging_steps=50, save_strategy="no",
+    weight_decay=0.01, warmup_steps=0.1, lr_scheduler_type="linear", logging_steps=50, save_strategy="no",
     output_dir="out/squad", seed=0,
 )
 

@@ -38,7 +38,7 @@ logger = logging.getLogger("hf_sparse.recipes.finetune_wikitext")
 
 DEFAULTS = dict(
     dataset_name="Salesforce/wikitext", dataset_config_name="wikitext-103-raw-v1", max_seq_length=1024,
-    learning_rate=1e-4, adam_epsilon=1e-8, weight_decay=0.1, max_grad_norm=1.0, warmup_ratio=0.05,
+    learning_rate=1e-4, adam_epsilon=1e-8, weight_decay=0.1, max_grad_norm=1.0, warmup_steps=0.05,
     lr_scheduler_type="linear", num_train_epochs=1.0, per_device_train_batch_size=8, per_device_eval_batch_size=8,
     logging_steps=50, save_strategy="no", output_dir="out/wikitext", seed=0,
 )
