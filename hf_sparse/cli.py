@@ -12,6 +12,7 @@ import time
 from typing import Callable, Dict, List, Optional, Tuple
 
 from .checkpoint_cli import CHECKPOINT_COMMANDS
+from .quickstart_cli import QUICKSTART_COMMANDS
 
 
 def _add_demo_args(p: argparse.ArgumentParser) -> None:
@@ -127,6 +128,7 @@ COMMANDS: Dict[str, Command] = {
     "demo": ("Sparsify a tiny BERT / GPT-2, print the report, train a few steps.", _add_demo_args, _run_demo),
     "flops": ("Count dense / sparse / Sparse Wide FLOPs of a BERT or GPT-2 shape.", _add_flops_args, _run_flops),
     **CHECKPOINT_COMMANDS,  # inspect, densify, card
+    **QUICKSTART_COMMANDS,  # quickstart
 }
 
 

@@ -309,6 +309,27 @@ def static_config(dynamic: Optional[DynamicSparsityConfig]) -> DynamicSparsityCo
     return DynamicSparsityConfig(algorithm="static")
 
 
+def make_trainer(model, args, sparse_needed: bool, sparsity_config=None, dynamic_config=None, mean_loss=False, **kwargs):
+    """`hf_sparse.SparseTrainer` when the model is (or becomes) sparse, else a plain ``transformers.Trainer``.
+
+    Args:
+        mean_loss: The model returns a mean loss and ignores ``num_items_in_batch`` although its ``forward`` takes
+            ``**kwargs`` (BERT pre-training / QA heads in transformers 5). The Trainer would otherwise treat the
+            loss as a sum and multiply it by the number of processes under DDP (and not divide it over gradient
+            accumulation steps), scaling the gradients and breaking gradient clipping.
+    """
+    from transformers import Trainer
+
+    if sparse_needed:
+        trainer = hf_sparse.SparseTrainer(model=model, args=args, sparsity_config=sparsity_config,
+                                          dynamic_config=dynamic_config, **kwargs)
+    else:
+        trainer = Trainer(model=model, args=args, **kwargs)
+    if mean_loss:
+        trainer.model_accepts_loss_kwargs = False
+    return trainer
+
+
 # --- results and checkpoint ---------------------------------------------------------------------------------
 def training_stats(trainer, seq_len: int) -> Dict[str, Any]:
     """Step, explored DOF and training FLOPs (forward + backward, from the current masks) of a finished run."""

@@ -25,7 +25,7 @@ import datasets
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (  # noqa: E402
-    load_for_finetuning, parse_args, resolve_tokenizer, save_final, setup_logging, static_config, training_stats,
+    load_for_finetuning, make_trainer, parse_args, resolve_tokenizer, save_final, setup_logging, static_config, training_stats,
 )
 
 import hf_sparse  # noqa: E402
@@ -59,7 +59,7 @@ def load_examples(data_args) -> datasets.DatasetDict:
 
 
 def main(argv=None) -> dict:
-    from transformers import AutoModelForQuestionAnswering, Trainer, default_data_collator
+    from transformers import AutoModelForQuestionAnswering, default_data_collator
 
     model_args, data_args, training_args, sparse = parse_args(argv, DEFAULTS)
     setup_logging(training_args)
@@ -81,13 +81,9 @@ def main(argv=None) -> dict:
     logger.info("SQuAD: %d training windows, %d evaluation windows of %d examples.", len(train), len(features),
                 len(raw["validation"]))
 
-    kwargs = dict(model=model, args=training_args, train_dataset=train, processing_class=tokenizer,
-                  data_collator=default_data_collator)
-    if hf_sparse.sparse_modules(model) or sparsity_config is not None:
-        trainer = hf_sparse.SparseTrainer(**kwargs, sparsity_config=sparsity_config,
-                                          dynamic_config=static_config(sparse["dynamic"]))
-    else:
-        trainer = Trainer(**kwargs)
+    trainer = make_trainer(model, training_args, bool(hf_sparse.sparse_modules(model)) or sparsity_config is not None,
+                           sparsity_config, static_config(sparse["dynamic"]), mean_loss=True, train_dataset=train,
+                           processing_class=tokenizer, data_collator=default_data_collator)
     trainer.train()
 
     predict_set = features.remove_columns(["example_id", "offset_mapping"])

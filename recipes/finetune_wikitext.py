@@ -27,7 +27,7 @@ import datasets
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (  # noqa: E402
-    iter_texts, load_for_finetuning, parse_args, resolve_tokenizer, save_final, setup_logging, static_config,
+    iter_texts, load_for_finetuning, make_trainer, parse_args, resolve_tokenizer, save_final, setup_logging, static_config,
     training_stats,
 )
 
@@ -96,7 +96,7 @@ def load_raw(data_args) -> datasets.DatasetDict:
 
 
 def main(argv=None) -> dict:
-    from transformers import AutoModelForCausalLM, Trainer, default_data_collator
+    from transformers import AutoModelForCausalLM, default_data_collator
 
     model_args, data_args, training_args, sparse = parse_args(argv, DEFAULTS)
     setup_logging(training_args)
@@ -118,13 +118,9 @@ def main(argv=None) -> dict:
         valid = valid.select(range(min(len(valid), data_args.max_eval_samples)))
     logger.info("WikiText: %d training and %d validation blocks of %d tokens.", len(train), len(valid), seq)
 
-    kwargs = dict(model=model, args=training_args, train_dataset=train, eval_dataset=valid,
-                  processing_class=tokenizer, data_collator=default_data_collator)
-    if hf_sparse.sparse_modules(model) or sparsity_config is not None:
-        trainer = hf_sparse.SparseTrainer(**kwargs, sparsity_config=sparsity_config,
-                                          dynamic_config=static_config(sparse["dynamic"]))
-    else:
-        trainer = Trainer(**kwargs)
+    trainer = make_trainer(model, training_args, bool(hf_sparse.sparse_modules(model)) or sparsity_config is not None,
+                           sparsity_config, static_config(sparse["dynamic"]), train_dataset=train, eval_dataset=valid,
+                           processing_class=tokenizer, data_collator=default_data_collator)
     trainer.train()
     metrics = trainer.evaluate()
     metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50.0))

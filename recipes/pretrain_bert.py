@@ -28,7 +28,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import parse_args, preset_config, resolve_tokenizer, save_final, setup_logging, training_stats  # noqa: E402
+from common import (  # noqa: E402
+    make_trainer, parse_args, preset_config, resolve_tokenizer, save_final, setup_logging, training_stats,
+)
 
 import hf_sparse  # noqa: E402
 from hf_sparse.data import (  # noqa: E402
@@ -128,11 +130,11 @@ def main(argv=None) -> dict:
         model = cls(preset_config(model_args, len(tokenizer), max_position_embeddings=512,
                                   pad_token_id=tokenizer.pad_token_id))
     model.config.architectures = ["BertForPreTraining"]  # the masked head is a training detail, not a format
-    trainer = hf_sparse.SparseTrainer(
-        model=model, args=training_args, train_dataset=train, processing_class=tokenizer,
+    trainer = make_trainer(
+        model, training_args, sparse["sparsity"] is not None, sparse["sparsity"], sparse["dynamic"], mean_loss=True,
+        train_dataset=train, processing_class=tokenizer,
         data_collator=WholeWordMaskCollator(tokenizer, data_args.mlm_probability, data_args.max_predictions),
-        sparsity_config=sparse["sparsity"], dynamic_config=sparse["dynamic"],
-    ) if sparse["sparsity"] is not None else _dense_trainer(model, training_args, train, tokenizer, data_args)
+    )
     trainer.train()
     metrics = evaluate_mlm_nsp(trainer, valid, tokenizer, data_args)
     metrics["world_size"] = int(training_args.world_size)
@@ -146,13 +148,6 @@ def main(argv=None) -> dict:
 def _texts(ds):
     for start in range(0, len(ds), 1000):
         yield [t for t in ds[start : start + 1000]["text"] if t and t.strip()]
-
-
-def _dense_trainer(model, training_args, train, tokenizer, data_args):
-    from transformers import Trainer
-
-    return Trainer(model=model, args=training_args, train_dataset=train, processing_class=tokenizer,
-                   data_collator=WholeWordMaskCollator(tokenizer, data_args.mlm_probability, data_args.max_predictions))
 
 
 if __name__ == "__main__":

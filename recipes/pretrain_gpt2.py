@@ -27,7 +27,7 @@ import datasets
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (  # noqa: E402
-    iter_texts, parse_args, preset_config, resolve_tokenizer, save_final, setup_logging, training_stats,
+    iter_texts, make_trainer, parse_args, preset_config, resolve_tokenizer, save_final, setup_logging, training_stats,
 )
 
 import hf_sparse  # noqa: E402
@@ -86,7 +86,7 @@ def build_model(model_args, sparse, tokenizer, seq_len: int):
 
 
 def main(argv=None) -> dict:
-    from transformers import Trainer, default_data_collator
+    from transformers import default_data_collator
 
     model_args, data_args, training_args, sparse = parse_args(argv, DEFAULTS)
     setup_logging(training_args)
@@ -104,12 +104,9 @@ def main(argv=None) -> dict:
     logger.info("GPT-2 pre-training: %d training and %d validation blocks of %d tokens.", len(train), len(valid), seq)
 
     model = build_model(model_args, sparse, tokenizer, seq)
-    kwargs = dict(model=model, args=training_args, train_dataset=train, eval_dataset=valid,
-                  processing_class=tokenizer, data_collator=default_data_collator)
-    if hf_sparse.sparse_modules(model) or sparse["sparsity"] is not None:
-        trainer = hf_sparse.SparseTrainer(**kwargs, sparsity_config=sparse["sparsity"], dynamic_config=sparse["dynamic"])
-    else:
-        trainer = Trainer(**kwargs)
+    trainer = make_trainer(model, training_args, bool(hf_sparse.sparse_modules(model)) or sparse["sparsity"] is not None,
+                           sparse["sparsity"], sparse["dynamic"], train_dataset=train, eval_dataset=valid,
+                           processing_class=tokenizer, data_collator=default_data_collator)
     trainer.train()
     metrics = trainer.evaluate()
     metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50.0))
