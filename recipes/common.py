@@ -61,6 +61,10 @@ class ModelArguments:
         default=True, metadata={"help": "BERT: run the MLM head only at masked positions (same loss, faster)."})
 
     def __post_init__(self):
+        # "none" on the command line / in YAML clears a default (e.g. train a tokenizer instead of the Hub one).
+        for name in ("model_name_or_path", "model_preset", "tokenizer_name", "config_overrides"):
+            if isinstance(getattr(self, name), str) and getattr(self, name).lower() in ("none", "null", ""):
+                setattr(self, name, None)
         if self.sparse_finetune and self.dense_finetune:
             raise ValueError("--sparse_finetune and --dense_finetune are mutually exclusive; got both.")
         if self.model_preset is not None and self.model_preset not in {**BERT_PRESETS, **GPT2_PRESETS}:
