@@ -47,7 +47,8 @@ GPT2_PRESETS = {"gpt2-small": (12, 768, 12, 1024), "gpt3-small": (12, 768, 12, 2
 class ModelArguments:
     """What to train: a preset from scratch, or a checkpoint (Hub id or directory)."""
 
-    model_name_or_path: Optional[str] = field(default=None, metadata={"help": "Checkpoint to start from (dense or hf_sparse)."})
+    model_name_or_path: Optional[str] = field(
+        default=None, metadata={"help": "Checkpoint to start from (dense or hf_sparse)."})
     model_preset: Optional[str] = field(
         default=None, metadata={"help": f"Train from scratch: {', '.join([*BERT_PRESETS, *GPT2_PRESETS])}."})
     config_overrides: Optional[str] = field(
@@ -76,7 +77,8 @@ class DataArguments:
     """Where the data comes from and how it is cut."""
 
     dataset_name: Optional[str] = field(default=None, metadata={"help": "Hub dataset id(s), comma-separated."})
-    dataset_config_name: Optional[str] = field(default=None, metadata={"help": "Hub dataset config(s), comma-separated."})
+    dataset_config_name: Optional[str] = field(
+        default=None, metadata={"help": "Hub dataset config(s), comma-separated."})
     train_files: Optional[List[str]] = field(default=None, metadata={"help": "Local training files."})
     validation_files: Optional[List[str]] = field(default=None, metadata={"help": "Local validation files."})
     validation_split_percentage: float = field(
@@ -313,7 +315,8 @@ def static_config(dynamic: Optional[DynamicSparsityConfig]) -> DynamicSparsityCo
     return DynamicSparsityConfig(algorithm="static")
 
 
-def make_trainer(model, args, sparse_needed: bool, sparsity_config=None, dynamic_config=None, mean_loss=False, **kwargs):
+def make_trainer(model, args, sparse_needed: bool, sparsity_config=None, dynamic_config=None, mean_loss=False,
+                 **kwargs):
     """`hf_sparse.SparseTrainer` when the model is (or becomes) sparse, else a plain ``transformers.Trainer``.
 
     Args:
@@ -348,9 +351,10 @@ def training_stats(trainer, seq_len: int) -> Dict[str, Any]:
     controller = getattr(getattr(trainer, "sparsity_callback", None), "controller", None)
     if controller is not None:
         layers = controller.layer_metrics()
-        total = sum(m.weight_mask.numel() for m in controller.modules.values())
-        stats["dof"] = sum(v["dof"] * controller.modules[n].weight_mask.numel() for n, v in layers.items()) / total
-        stats["density"] = sum(v["density"] * controller.modules[n].weight_mask.numel() for n, v in layers.items()) / total
+        numel = {n: m.weight_mask.numel() for n, m in controller.modules.items()}
+        total = sum(numel.values())
+        for key in ("dof", "density"):  # weighted by layer size: the model-wide fractions
+            stats[key] = sum(v[key] * numel[n] for n, v in layers.items()) / total
     return stats
 
 

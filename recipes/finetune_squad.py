@@ -25,7 +25,8 @@ import datasets
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (  # noqa: E402
-    load_for_finetuning, make_trainer, parse_args, resolve_tokenizer, save_final, setup_logging, static_config, training_stats,
+    load_for_finetuning, make_trainer, parse_args, resolve_tokenizer, save_final, setup_logging, static_config,
+    training_stats,
 )
 
 import hf_sparse  # noqa: E402

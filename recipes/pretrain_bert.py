@@ -49,6 +49,14 @@ DEFAULTS = dict(
 )
 
 
+#: Consecutive BookCorpus sentences per pseudo-document.
+BOOK_CHUNK = 256
+
+
+def _group_sentences(batch) -> dict:
+    return {"text": [" ".join(t.strip() for t in batch["text"] if t and t.strip())]}
+
+
 def load_raw_documents(data_args) -> datasets.DatasetDict:
     """Documents (``text`` column) for train and validation, from local files or the Hub."""
     if data_args.train_files:
@@ -58,12 +66,19 @@ def load_raw_documents(data_args) -> datasets.DatasetDict:
     else:
         names = [n for n in data_args.dataset_name.split(",") if n]
         configs = (data_args.dataset_config_name or "").split(",") + [""] * len(names)
-        parts = [datasets.load_dataset(n, c or None, split="train", cache_dir=data_args.cache_dir)
-                 for n, c in zip(names, configs)]
-        # Wikipedia articles are documents; BookCorpus rows are sentences (its books are not marked).
-        train = datasets.concatenate_datasets([p.select_columns([data_args.text_column]) for p in parts])
-        if data_args.text_column != "text":
-            train = train.rename_column(data_args.text_column, "text")
+        parts = []
+        for n, c in zip(names, configs):
+            part = datasets.load_dataset(n, c or None, split="train", cache_dir=data_args.cache_dir)
+            part = part.select_columns([data_args.text_column])
+            if data_args.text_column != "text":
+                part = part.rename_column(data_args.text_column, "text")
+            if "bookcorpus" in n.lower():
+                # BookCorpus rows are single sentences without book boundaries: consecutive sentences form
+                # pseudo-documents, so next-sentence pairs come from running text.
+                part = part.map(_group_sentences, batched=True, batch_size=BOOK_CHUNK, desc="Grouping sentences",
+                                num_proc=data_args.preprocessing_num_workers)
+            parts.append(part)
+        train = datasets.concatenate_datasets(parts)
         valid = None
     if valid is None:
         held = max(1, int(len(train) * data_args.validation_split_percentage / 100))
@@ -113,7 +128,9 @@ def main(argv=None) -> dict:
     raw = load_raw_documents(data_args)
     tokenizer = resolve_tokenizer(model_args, "bert", lambda: (b for b in _texts(raw["train"])),
                                   training_args.output_dir, training_args.main_process_first)
-    one_per_line = bool(data_args.train_files)
+    # BERT's text format has one sentence per line; JSON lines and Hub articles are split at sentence ends.
+    one_per_line = bool(data_args.train_files) and not any(
+        str(f).endswith((".json", ".jsonl")) for f in data_args.train_files)
     with training_args.main_process_first(desc="BERT phase-1 examples"):
         train = build_examples(raw["train"], tokenizer, data_args, training_args.seed, one_per_line)
         valid = build_examples(raw["validation"], tokenizer, data_args, training_args.seed + 1, one_per_line)

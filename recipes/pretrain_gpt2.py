@@ -104,7 +104,8 @@ def main(argv=None) -> dict:
     logger.info("GPT-2 pre-training: %d training and %d validation blocks of %d tokens.", len(train), len(valid), seq)
 
     model = build_model(model_args, sparse, tokenizer, seq)
-    trainer = make_trainer(model, training_args, bool(hf_sparse.sparse_modules(model)) or sparse["sparsity"] is not None,
+    sparse_needed = bool(hf_sparse.sparse_modules(model)) or sparse["sparsity"] is not None
+    trainer = make_trainer(model, training_args, sparse_needed,
                            sparse["sparsity"], sparse["dynamic"], train_dataset=train, eval_dataset=valid,
                            processing_class=tokenizer, data_collator=default_data_collator)
     trainer.train()

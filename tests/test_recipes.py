@@ -135,7 +135,8 @@ def test_load_for_finetuning_modes(tmp_path):
                                for n, m in hf_sparse.sparse_modules(m).items())
     m, cfg = load(sparse_dir, dense_finetune=True)
     assert cfg is None and not hf_sparse.sparse_modules(m)
-    m, cfg = common.load_for_finetuning(BertForQuestionAnswering, common.ModelArguments(dense_dir, sparse_finetune=True), s75)
+    margs = common.ModelArguments(dense_dir, sparse_finetune=True)
+    m, cfg = common.load_for_finetuning(BertForQuestionAnswering, margs, s75)
     # From a dense checkpoint the weights are pre-trained: keep them, magnitude masks.
     assert (cfg.sparsity, cfg.init, cfg.mask_init) == (0.75, "keep", "magnitude")
     m, cfg = load(dense_dir)
@@ -157,7 +158,10 @@ def _launch(script: str, args, tmp_path: Path, output_dir: Path, num_processes: 
            "--dynamo_backend", "no"]
     # On a CPU-only machine `--multi_gpu` with the recipe's use_cpu=True starts gloo processes; `--cpu
     # --num_processes 2` would start only one.
-    cmd += ["--multi_gpu", "--num_processes", str(num_processes)] if num_processes > 1 else ["--cpu", "--num_processes", "1"]
+    if num_processes > 1:
+        cmd += ["--multi_gpu", "--num_processes", str(num_processes)]
+    else:
+        cmd += ["--cpu", "--num_processes", "1"]
     cmd += [str(REPO / "recipes" / script), *map(str, args), "--output_dir", str(output_dir), "--use_cpu", "true",
             "--report_to", "none", "--disable_tqdm", "true"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
