@@ -316,10 +316,14 @@ def static_config(dynamic: Optional[DynamicSparsityConfig]) -> DynamicSparsityCo
 
 
 def make_trainer(model, args, sparse_needed: bool, sparsity_config=None, dynamic_config=None, mean_loss=False,
-                 **kwargs):
+                 regularizer: Optional[RegularizerConfig] = None, **kwargs):
     """`hf_sparse.SparseTrainer` when the model is (or becomes) sparse, else a plain ``transformers.Trainer``.
 
     Args:
+        regularizer: A sparsifying regularizer: decoupled ones run after each optimizer step
+            (`hf_sparse.RegularizerCallback`), coupled ones add their penalty to the loss
+            (`hf_sparse.regularizers.RegularizedLossMixin`); STR / spred install their reparametrisation here,
+            before the optimizer exists, and `save_final` folds them back.
         mean_loss: The model returns a mean loss and ignores ``num_items_in_batch`` although its ``forward`` takes
             ``**kwargs`` (BERT pre-training / QA heads in transformers 5). The Trainer would otherwise treat the
             loss as a sum and multiply it by the number of processes under DDP (and not divide it over gradient
@@ -327,11 +331,19 @@ def make_trainer(model, args, sparse_needed: bool, sparsity_config=None, dynamic
     """
     from transformers import Trainer
 
+    from hf_sparse.regularizers import RegularizedLossMixin
+
+    base = hf_sparse.SparseTrainer if sparse_needed else Trainer
     if sparse_needed:
-        trainer = hf_sparse.SparseTrainer(model=model, args=args, sparsity_config=sparsity_config,
-                                          dynamic_config=dynamic_config, **kwargs)
-    else:
-        trainer = Trainer(model=model, args=args, **kwargs)
+        kwargs.update(sparsity_config=sparsity_config, dynamic_config=dynamic_config)
+    regs = []
+    if regularizer is not None:
+        regs = [hf_sparse.build_regularizer(regularizer)]
+        regs[0].prepare_(model)
+        base = type(f"Regularized{base.__name__}", (RegularizedLossMixin, base), {})
+        kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), hf_sparse.RegularizerCallback(regs)]
+    trainer = base(model=model, args=args, **kwargs)
+    trainer.regularizers = regs
     if mean_loss:
         trainer.model_accepts_loss_kwargs = False
     return trainer
@@ -369,6 +381,8 @@ def save_final(trainer, tokenizer, output_dir: str, sparse: Dict[str, Any], stat
     model = trainer.accelerator.unwrap_model(trainer.model)
     trainer.accelerator.wait_for_everyone()
     main = trainer.is_world_process_zero()
+    if getattr(trainer, "regularizers", None):
+        hf_sparse.fold_(model)  # STR / spred reparametrisations back to plain weights (a no-op otherwise)
     if hf_sparse.sparse_modules(model):
         dynamic = getattr(getattr(trainer, "sparsity_callback", None), "dynamic_config", None) or sparse.get("dynamic")
         evals = [{"task_type": task[0], "dataset_type": task[1], "dataset_name": task[1], "metric_type": k,

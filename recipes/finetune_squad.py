@@ -84,7 +84,8 @@ def main(argv=None) -> dict:
 
     trainer = make_trainer(model, training_args, bool(hf_sparse.sparse_modules(model)) or sparsity_config is not None,
                            sparsity_config, static_config(sparse["dynamic"]), mean_loss=True, train_dataset=train,
-                           processing_class=tokenizer, data_collator=default_data_collator)
+                           processing_class=tokenizer, data_collator=default_data_collator,
+                           regularizer=sparse["regularizer"])
     trainer.train()
 
     predict_set = features.remove_columns(["example_id", "offset_mapping"])

@@ -121,7 +121,8 @@ def main(argv=None) -> dict:
 
     trainer = make_trainer(model, training_args, bool(hf_sparse.sparse_modules(model)) or sparsity_config is not None,
                            sparsity_config, static_config(sparse["dynamic"]), train_dataset=train, eval_dataset=valid,
-                           processing_class=tokenizer, data_collator=default_data_collator)
+                           processing_class=tokenizer, data_collator=default_data_collator,
+                           regularizer=sparse["regularizer"])
     trainer.train()
     metrics = trainer.evaluate()
     metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50.0))

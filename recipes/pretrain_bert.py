@@ -149,6 +149,7 @@ def main(argv=None) -> dict:
     model.config.architectures = ["BertForPreTraining"]  # the masked head is a training detail, not a format
     trainer = make_trainer(
         model, training_args, sparse["sparsity"] is not None, sparse["sparsity"], sparse["dynamic"], mean_loss=True,
+        regularizer=sparse["regularizer"],
         train_dataset=train, processing_class=tokenizer,
         data_collator=WholeWordMaskCollator(tokenizer, data_args.mlm_probability, data_args.max_predictions),
     )

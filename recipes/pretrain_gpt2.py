@@ -107,7 +107,8 @@ def main(argv=None) -> dict:
     sparse_needed = bool(hf_sparse.sparse_modules(model)) or sparse["sparsity"] is not None
     trainer = make_trainer(model, training_args, sparse_needed,
                            sparse["sparsity"], sparse["dynamic"], train_dataset=train, eval_dataset=valid,
-                           processing_class=tokenizer, data_collator=default_data_collator)
+                           processing_class=tokenizer, data_collator=default_data_collator,
+                           regularizer=sparse["regularizer"])
     trainer.train()
     metrics = trainer.evaluate()
     metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50.0))

@@ -285,3 +285,33 @@ def test_quickstart_command(tmp_path, capsys):
 
     model = hf_sparse.from_pretrained(BertForPreTraining, str(tmp_path / "bert-tiny-dynsparse"))
     assert hf_sparse.sparsity_report(model).density == pytest.approx(0.2, abs=0.01)
+
+
+@pytest.mark.parametrize("name", ["group_lasso", "l1"])
+def test_make_trainer_wires_regularizers(tmp_path, name):
+    import datasets
+    from transformers import BertForMaskedLM, TrainingArguments, default_data_collator
+
+    torch.manual_seed(0)
+    model = BertForMaskedLM(tiny_bert_config())
+    ids = torch.randint(5, 128, (8, 16))
+    ds = datasets.Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
+    args = TrainingArguments(str(tmp_path), max_steps=2, per_device_train_batch_size=4, use_cpu=True,
+                             report_to="none", save_strategy="no", disable_tqdm=True)
+    reg = hf_sparse.RegularizerConfig(name=name, strength=1e-2)
+    trainer = common.make_trainer(model, args, True, hf_sparse.SparsityConfig(sparsity=0.5, block_size=4,
+                                  structure="block"), hf_sparse.DynamicSparsityConfig(algorithm="static"),
+                                  mean_loss=True, regularizer=reg, train_dataset=ds,
+                                  data_collator=default_data_collator)
+    assert isinstance(trainer, hf_sparse.SparseTrainer) and not trainer.model_accepts_loss_kwargs
+    assert any(isinstance(c, hf_sparse.RegularizerCallback) for c in trainer.callback_handler.callbacks)
+    assert [r.config.name for r in trainer.regularizers] == [name]
+    batch = {k: v for k, v in default_data_collator([ds[0], ds[1]]).items()}
+    model.eval()  # no dropout: the two losses differ only by the penalty
+    plain = model(**batch).loss
+    with_penalty = trainer.compute_loss(model, batch)
+    # Only the coupled L1 adds a loss term; Group Lasso acts on the weights after each optimizer step.
+    assert (with_penalty > plain) if name == "l1" else torch.equal(with_penalty, plain)
+    before = {n: m.weight.detach().clone() for n, m in hf_sparse.sparse_modules(model).items()}
+    trainer.train()
+    assert all(not torch.equal(before[n], m.weight) for n, m in hf_sparse.sparse_modules(model).items())
