@@ -97,6 +97,19 @@ class DataArguments:
     preprocessing_num_workers: Optional[int] = field(default=None, metadata={"help": "datasets.map processes."})
     cache_dir: Optional[str] = field(default=None, metadata={"help": "datasets / Hub cache directory."})
 
+    def __post_init__(self):
+        for name in ("train_files", "validation_files"):  # a single path given as a string in YAML
+            if isinstance(getattr(self, name), str):
+                setattr(self, name, [getattr(self, name)])
+        if self.dataset_name is not None and self.dataset_name.lower() in ("none", "null", ""):
+            self.dataset_name = None
+        if self.max_seq_length < 8:
+            raise ValueError(f"max_seq_length={self.max_seq_length} is too short (at least 8 tokens).")
+        if not 0.0 < self.validation_split_percentage < 100.0:
+            raise ValueError(f"validation_split_percentage={self.validation_split_percentage} must be in (0, 100).")
+        if not self.train_files and self.dataset_name is None:
+            raise ValueError("No data: give --train_files (local files) or --dataset_name (a Hub dataset).")
+
 
 # --- argument parsing -------------------------------------------------------------------------------------------
 def _str2bool(v: str) -> bool:

@@ -65,18 +65,27 @@ def test_bad_options_raise_naming_them(tmp_path):
     with pytest.raises(ValueError, match="sparsity"):
         common.parse_args(["--config", _write(tmp_path / "b.yaml", "sparsity: 0.9\n")])
     with pytest.raises(ValueError, match="--not_an_option"):
-        common.parse_args(["--not_an_option", "3"])
+        common.parse_args(["--not_an_option", "3", "--train_files", "a.txt"])
     with pytest.raises(FileNotFoundError, match="missing.yaml"):
         common.parse_args(["--config", str(tmp_path / "missing.yaml")])
     with pytest.raises(ValueError, match="1.5"):
-        common.parse_args(["--sparsity.sparsity", "1.5"])
+        common.parse_args(["--sparsity.sparsity", "1.5", "--train_files", "a.txt"])
     with pytest.raises(ValueError, match="mutually exclusive"):
-        common.parse_args(["--sparse_finetune", "--dense_finetune"])
+        common.parse_args(["--sparse_finetune", "--dense_finetune", "--train_files", "a.txt"])
+    with pytest.raises(ValueError, match="No data"):
+        common.parse_args([])
+    with pytest.raises(ValueError, match="max_seq_length=4"):
+        common.parse_args(["--train_files", "a.txt", "--max_seq_length", "4"])
+    _, d, _, _ = common.parse_args(["--config", _write(tmp_path / "c.yaml", "train_files: one.txt\n")])
+    assert d.train_files == ["one.txt"]
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "recipes" / "configs").glob("*.yaml")), ids=lambda p: p.stem)
 def test_shipped_configs_parse(path):
-    m, d, t, s = common.parse_args(["--config", str(path), "--bf16", "false"])
+    script = ("finetune_squad" if "squad" in path.stem else "finetune_wikitext" if "wikitext" in path.stem
+              else "pretrain_bert" if "bert" in path.stem else "pretrain_gpt2")
+    defaults = importlib.import_module(script).DEFAULTS  # parsed as the recipe parses it: its defaults first
+    m, d, t, s = common.parse_args(["--config", str(path), "--bf16", "false"], defaults)
     name = path.stem
     if name == "bert-medium-dynsparse-s0.9":  # seed 000: n=160, pr=0.5, LR 2e-4, 10k warm-up, eps 1e-6
         assert (s["dynamic"].num_updates, s["dynamic"].prune_ratio, s["sparsity"].sparsity) == (160, 0.5, 0.9)
