@@ -86,7 +86,7 @@ def main(argv=None) -> dict:
                            sparsity_config, static_config(sparse["dynamic"]), mean_loss=True, train_dataset=train,
                            processing_class=tokenizer, data_collator=default_data_collator,
                            regularizer=sparse["regularizer"])
-    trainer.train()
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
 
     predict_set = features.remove_columns(["example_id", "offset_mapping"])
     start_logits, end_logits = trainer.predict(predict_set).predictions[:2]

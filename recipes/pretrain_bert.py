@@ -153,7 +153,7 @@ def main(argv=None) -> dict:
         train_dataset=train, processing_class=tokenizer,
         data_collator=WholeWordMaskCollator(tokenizer, data_args.mlm_probability, data_args.max_predictions),
     )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     metrics = evaluate_mlm_nsp(trainer, valid, tokenizer, data_args)
     metrics["world_size"] = int(training_args.world_size)
     trainer.log_metrics("eval", metrics)

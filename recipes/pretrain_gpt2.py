@@ -109,7 +109,7 @@ def main(argv=None) -> dict:
                            sparse["sparsity"], sparse["dynamic"], train_dataset=train, eval_dataset=valid,
                            processing_class=tokenizer, data_collator=default_data_collator,
                            regularizer=sparse["regularizer"])
-    trainer.train()
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     metrics = trainer.evaluate()
     metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50.0))
     metrics["world_size"] = int(training_args.world_size)
