@@ -332,6 +332,10 @@ def training_stats(trainer, seq_len: int) -> Dict[str, Any]:
     return stats
 
 
+#: Evaluation bookkeeping that is not a quality metric (kept in results.json, left off the model card).
+_NOT_QUALITY = {"eval_examples", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second"}
+
+
 def save_final(trainer, tokenizer, output_dir: str, sparse: Dict[str, Any], stats: Dict[str, Any],
                metrics: Dict[str, Any], task: Tuple[str, str] = ("fill-mask", "text"),
                card_info: Optional[Dict[str, Any]] = None) -> None:
@@ -347,8 +351,9 @@ def save_final(trainer, tokenizer, output_dir: str, sparse: Dict[str, Any], stat
         hf_sparse.fold_(model)  # STR / spred reparametrisations back to plain weights (a no-op otherwise)
     if hf_sparse.sparse_modules(model):
         dynamic = getattr(getattr(trainer, "sparsity_callback", None), "dynamic_config", None) or sparse.get("dynamic")
-        evals = [{"task_type": task[0], "dataset_type": task[1], "dataset_name": task[1], "metric_type": k,
-                  "metric_value": float(v)} for k, v in metrics.items() if isinstance(v, (int, float))]
+        evals = [{"task_type": task[0], "dataset_type": task[1], "dataset_name": task[1],
+                  "metric_type": k[len("eval_"):], "metric_value": float(v)}
+                 for k, v in metrics.items() if k.startswith("eval_") and k not in _NOT_QUALITY]
         hf_sparse.save_pretrained(model, output_dir, dynamic_config=dynamic, ift_config=sparse.get("ift"),
                                   training_stats=stats, tokenizer=tokenizer, is_main_process=main,
                                   card_info={"eval_results": evals, **(card_info or {})})
