@@ -354,7 +354,9 @@ def save_final(trainer, tokenizer, output_dir: str, sparse: Dict[str, Any], stat
         evals = [{"task_type": task[0], "dataset_type": task[1], "dataset_name": task[1],
                   "metric_type": k[len("eval_"):], "metric_value": float(v)}
                  for k, v in metrics.items() if k.startswith("eval_") and k not in _NOT_QUALITY]
-        hf_sparse.save_pretrained(model, output_dir, dynamic_config=dynamic, ift_config=sparse.get("ift"),
+        # A fine-tuned Sparse-IFT model keeps describing its transformation (recorded in its config.json).
+        ift = sparse.get("ift") or hf_sparse.get_sparse_ift_config(model)
+        hf_sparse.save_pretrained(model, output_dir, dynamic_config=dynamic, ift_config=ift,
                                   training_stats=stats, tokenizer=tokenizer, is_main_process=main,
                                   card_info={"eval_results": evals, **(card_info or {})})
     elif main:
