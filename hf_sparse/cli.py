@@ -12,6 +12,7 @@ import time
 from typing import Callable, Dict, List, Optional, Tuple
 
 from .cli_checkpoint import CHECKPOINT_COMMANDS
+from .cli_quickstart import QUICKSTART_COMMANDS
 from .cli_report import add_report_args, run_report
 
 
@@ -130,6 +131,7 @@ COMMANDS: Dict[str, Command] = {
     **CHECKPOINT_COMMANDS,  # inspect, densify, card
     "report": ("Plot a training run (or several): densities, DOF, masks, threshold sparsity, loss vs FLOPs.",
                add_report_args, run_report),
+    **QUICKSTART_COMMANDS,  # quickstart
 }
 
 

@@ -33,6 +33,10 @@ class BertForPreTrainingMasked(BertForPreTraining):
         >>> out.loss.backward()
     """
 
+    # The loss is a mean over masked tokens, not a sum: tell the Trainer not to rescale it by the number of
+    # items in the batch (transformers 5 assumes so for any forward that takes **kwargs).
+    accepts_loss_kwargs = False
+
     def forward(
         self,
         input_ids: Optional[torch.Tensor] = None,

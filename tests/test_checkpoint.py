@@ -395,6 +395,10 @@ def test_sparse_ift_round_trip_after_mask_change(tmp_path, kind):
         torch.testing.assert_close(loaded(ids).logits, model.eval()(ids).logits)
     dense = ckpt.from_pretrained(GPT2LMHeadModel, path, dense=True)
     assert not sparse_modules(dense)
+    from transformers import AutoModelForCausalLM
+
+    auto = ckpt.from_pretrained(AutoModelForCausalLM, path)  # Auto classes resolve the concrete class first
+    assert type(auto) is GPT2LMHeadModel and list(sparse_modules(auto)) == list(sparse_modules(model))
 
 
 def test_tokenizer_saved_alongside(tmp_path):

@@ -74,9 +74,13 @@ def from_pretrained_sparse_ift(
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"No config.json in {str(path)!r}.")
-    config = model_class.config_class.from_pretrained(str(path))
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(path))
     state = _read_state_dict(path)
-    model = rebuild_sparse_ift_(model_class(config))
+    # Auto classes (AutoModelForCausalLM, ...) pick the concrete class from the config; others take it directly.
+    build = model_class.from_config if hasattr(model_class, "_model_mapping") else model_class
+    model = rebuild_sparse_ift_(build(config))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected:
         raise ValueError(
