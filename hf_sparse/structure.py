@@ -208,14 +208,15 @@ def topk_granules(scores: torch.Tensor, k: int, allowed: Optional[torch.Tensor] 
     flat = scores.reshape(-1).float()
     if torch.isnan(flat).any():
         raise ValueError("Mask scores contain NaN; cannot rank granules.")
-    available = flat.numel() if allowed is None else int(torch.count_nonzero(allowed))
+    candidates = None if allowed is None else torch.nonzero(allowed.reshape(-1)).squeeze(1)
+    available = flat.numel() if candidates is None else candidates.numel()
     if not 0 <= k <= available:
         raise ValueError(f"Cannot select {k} granules: only {available} are available.")
-    if allowed is not None:
-        flat = flat.masked_fill(~allowed.reshape(-1), float("-inf"))
     out = torch.zeros(flat.numel(), dtype=torch.bool, device=scores.device)
     if k:
-        out[_largest_indices(flat, k)] = True
+        # Rank only the allowed granules: cheaper than filling the others with -inf (the kept set of a 90%-sparse
+        # layer is a tenth of it) and free of the ties that slow selection down.
+        out[_largest_indices(flat, k) if candidates is None else candidates[_largest_indices(flat[candidates], k)]] = True
     return out.view(scores.shape)
 
 
