@@ -18,8 +18,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import os
 from typing import Any, Dict, Optional, Union
@@ -30,6 +28,13 @@ from torch import nn
 
 from .algorithms import SparsityAlgorithm, build_algorithm
 from .config import DynamicSparsityConfig, SparsityConfig
+from .controller_setup import (  # noqa: F401 - re-exported: the public home of these names
+    STATE_META_NAME,
+    STATE_TENSORS_NAME,
+    read_state,
+    sparsify_for_training_,
+    write_state,
+)
 from .controller_utils import (
     check_distributed_masks,
     check_not_sharded,
@@ -41,58 +46,12 @@ from .controller_utils import (
 )
 from .layers import SparseMixin
 from .lr_rule import sparse_lr
-from .patching import _new_weight, find_target_modules, get_sparsity_config, sparse_modules, sparsify_
+from .patching import get_sparsity_config, sparse_modules
 from .structure import MaskStructure, granules_to_elements
 
 logger = logging.getLogger(__name__)
 
-STATE_TENSORS_NAME = "sparsity_controller.safetensors"
-STATE_META_NAME = "sparsity_controller.json"
 STATE_FORMAT = 1
-
-
-def sparsify_for_training_(
-    model: nn.Module,
-    sparsity_config: SparsityConfig,
-    dynamic_config: DynamicSparsityConfig,
-    optimizer: Optional[torch.optim.Optimizer] = None,
-) -> Dict[str, SparseMixin]:
-    """Sparsifies ``model`` in place at the density the algorithm starts from (GMP: ``gmp_initial_density``).
-
-    Checks first that ``optimizer`` (when given) holds the target weights, so a failure leaves the model as it was.
-
-    Returns:
-        The sparse layers by name.
-    """
-    start_cfg = sparsity_config
-    if dynamic_config.algorithm == "gmp":
-        start_cfg = dataclasses.replace(sparsity_config, sparsity=1.0 - dynamic_config.gmp_initial_density)
-    inner = unwrap_optimizer(optimizer)
-    if inner is not None:
-        held = {id(p) for group in inner.param_groups for p in group["params"]}
-        missing = [n for n, m in find_target_modules(model, start_cfg).items() if id(m.weight) not in held]
-        if missing:
-            raise ValueError(
-                f"The optimizer does not hold the weights of target layers {missing[:3]}"
-                f"{'...' if len(missing) > 3 else ''}; build it from model.parameters()."
-            )
-    frozen = dynamic_config.inactive == "frozen"
-    # Frozen inactive weights keep the values they start with (seed paper 000, Fig. 1a "untrained"), so the
-    # values sparsify_ zeroes are put back; with a fresh init they are that init, drawn again from its seed.
-    kept = (
-        {n: m.weight.detach().clone() for n, m in find_target_modules(model, start_cfg).items()}
-        if frozen and start_cfg.init == "keep" else {}
-    )
-    sparsify_(model, start_cfg)
-    model._hf_sparse_config = sparsity_config
-    modules = sparse_modules(model)
-    if frozen:
-        with torch.no_grad():
-            for name, module in modules.items():
-                values = kept[name] if name in kept else _new_weight(module, start_cfg, name)
-                module.weight.copy_(torch.where(module.weight_mask, module.weight, values))
-                module.set_inactive_mode_("frozen")
-    return modules
 
 
 class SparsityController:
@@ -458,24 +417,8 @@ class SparsityController:
 
     def save_state(self, directory: Union[str, os.PathLike]) -> None:
         """Writes `state_dict` to ``directory`` as safetensors (masks) + JSON (everything else)."""
-        from safetensors.torch import save_file
-
-        state = self.state_dict()
-        os.makedirs(directory, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in state["tensors"].items()},
-                  os.path.join(directory, STATE_TENSORS_NAME))
-        with open(os.path.join(directory, STATE_META_NAME), "w", encoding="utf-8") as f:
-            json.dump(state["meta"], f, indent=2, sort_keys=True)
+        write_state(self.state_dict(), directory)
 
     def load_state(self, directory: Union[str, os.PathLike]) -> None:
         """Reads what `save_state` wrote (no pickle anywhere) and restores it."""
-        from safetensors.torch import load_file
-
-        tensor_path = os.path.join(directory, STATE_TENSORS_NAME)
-        meta_path = os.path.join(directory, STATE_META_NAME)
-        for path in (tensor_path, meta_path):
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"No sparsity controller state at {path!r}.")
-        with open(meta_path, encoding="utf-8") as f:
-            meta = json.load(f)
-        self.load_state_dict({"tensors": load_file(tensor_path, device="cpu"), "meta": meta})
+        self.load_state_dict(read_state(directory))
