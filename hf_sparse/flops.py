@@ -60,8 +60,22 @@ _GROUP_PATTERNS = (
 _POOLED = re.compile(r"(^|\.)(pooler|seq_relationship)(\.|$)")
 
 
+class _TrainFlops:
+    """Forward + backward FLOPs (3x forward, DynSparse App. A.2) from ``dense_forward`` / ``sparse_forward``."""
+
+    @property
+    def dense_train(self) -> int:
+        """Forward + backward FLOPs with every weight active."""
+        return TRAIN_FACTOR * self.dense_forward
+
+    @property
+    def sparse_train(self) -> int:
+        """Forward + backward FLOPs at the actual masks."""
+        return TRAIN_FACTOR * self.sparse_forward
+
+
 @dataclass
-class ModuleFlops:
+class ModuleFlops(_TrainFlops):
     """FLOPs of one matmul module or one attention product.
 
     Attributes:
@@ -84,31 +98,14 @@ class ModuleFlops:
     dense_forward: int
     sparse_forward: float  # an exact integer when counted from a mask
 
-    @property
-    def dense_train(self) -> int:
-        """Forward + backward FLOPs with every weight active."""
-        return TRAIN_FACTOR * self.dense_forward
-
-    @property
-    def sparse_train(self) -> int:
-        """Forward + backward FLOPs at the actual mask."""
-        return TRAIN_FACTOR * self.sparse_forward
 
 
 @dataclass
-class GroupFlops:
+class GroupFlops(_TrainFlops):
     """Summed FLOPs of one group."""
 
     dense_forward: int = 0
     sparse_forward: int = 0
-
-    @property
-    def dense_train(self) -> int:
-        return TRAIN_FACTOR * self.dense_forward
-
-    @property
-    def sparse_train(self) -> int:
-        return TRAIN_FACTOR * self.sparse_forward
 
     def to_dict(self) -> Dict[str, int]:
         return {
@@ -118,7 +115,7 @@ class GroupFlops:
 
 
 @dataclass
-class FlopCount:
+class FlopCount(_TrainFlops):
     """FLOPs of a model for ``batch_size`` sequences of ``seq_len`` tokens (see `count`).
 
     ``str(count)`` is a per-group table; ``to_table(per_module=True)`` lists every module too.
@@ -144,14 +141,6 @@ class FlopCount:
     @property
     def sparse_forward(self) -> int:
         return sum(m.sparse_forward for m in self.modules)
-
-    @property
-    def dense_train(self) -> int:
-        return TRAIN_FACTOR * self.dense_forward
-
-    @property
-    def sparse_train(self) -> int:
-        return TRAIN_FACTOR * self.sparse_forward
 
     @property
     def sparse_fraction(self) -> float:

@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import os
 import sys
 import typing
@@ -312,6 +313,15 @@ def make_trainer(model, args, sparse_needed: bool, sparsity_config=None, dynamic
 
 
 # --- results and checkpoint ---------------------------------------------------------------------------------
+def train_and_evaluate_lm(trainer, training_args: TrainingArguments) -> Dict[str, Any]:
+    """Trains (resuming when asked), evaluates, and adds perplexity = exp(mean eval loss) and the world size."""
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    metrics = trainer.evaluate()
+    metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50.0))  # capped: exp overflows past ~700
+    metrics["world_size"] = int(training_args.world_size)
+    return metrics
+
+
 def training_stats(trainer, seq_len: int) -> Dict[str, Any]:
     """Step, explored DOF and training FLOPs (forward + backward, from the current masks) of a finished run."""
     model = trainer.accelerator.unwrap_model(trainer.model)

@@ -18,7 +18,6 @@ Data: ``Salesforce/wikitext`` (``wikitext-103-raw-v1`` by default) from the Hub,
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 import sys
@@ -29,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (  # noqa: E402
     iter_texts, load_for_finetuning, make_trainer, parse_args, resolve_tokenizer, save_final, setup_logging,
     static_config,
-    training_stats,
+    train_and_evaluate_lm, training_stats,
 )
 
 import hf_sparse  # noqa: E402
@@ -123,10 +122,7 @@ def main(argv=None) -> dict:
                            sparsity_config, static_config(sparse["dynamic"]), train_dataset=train, eval_dataset=valid,
                            processing_class=tokenizer, data_collator=default_data_collator,
                            regularizer=sparse["regularizer"])
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    metrics = trainer.evaluate()
-    metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50.0))
-    metrics["world_size"] = int(training_args.world_size)
+    metrics = train_and_evaluate_lm(trainer, training_args)
     trainer.log_metrics("eval", metrics)
     stats = training_stats(trainer, seq)
     save_final(trainer, tokenizer, training_args.output_dir, sparse, stats, metrics,

@@ -19,7 +19,6 @@ Reports validation loss and perplexity, logs training FLOPs, and saves a sparse 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import sys
 
@@ -28,6 +27,7 @@ import datasets
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (  # noqa: E402
     iter_texts, make_trainer, parse_args, preset_config, resolve_tokenizer, save_final, setup_logging, training_stats,
+    train_and_evaluate_lm,
 )
 
 import hf_sparse  # noqa: E402
@@ -109,10 +109,7 @@ def main(argv=None) -> dict:
                            sparse["sparsity"], sparse["dynamic"], train_dataset=train, eval_dataset=valid,
                            processing_class=tokenizer, data_collator=default_data_collator,
                            regularizer=sparse["regularizer"])
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    metrics = trainer.evaluate()
-    metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50.0))
-    metrics["world_size"] = int(training_args.world_size)
+    metrics = train_and_evaluate_lm(trainer, training_args)
     stats = training_stats(trainer, seq)
     metrics["train_flops"] = stats["train_flops"]
     trainer.log_metrics("eval", metrics)

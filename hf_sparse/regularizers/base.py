@@ -249,8 +249,11 @@ class Regularizer:
         return count
 
     def _decay_(self, name: str, module: nn.Module, scale: float) -> int:
-        """Updates one layer given ``scale = lr * lambda``; returns the number of tensors changed."""
-        raise NotImplementedError
+        """Updates one layer given ``scale = lr * lambda``; returns the number of tensors changed.
+
+        Hook for decoupled regularizers; coupled ones (whose penalty goes through the loss) never call it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} is not a decoupled regularizer (no _decay_ step).")
 
     def parameters(self, model: nn.Module) -> Iterable[nn.Parameter]:
         """Extra trainable parameters the regularizer added to ``model`` (STR thresholds, spred factors)."""

@@ -88,7 +88,8 @@ class _Reparametrization(Regularizer):
     parametrization_class: type = nn.Module
 
     def _make(self, module: nn.Module) -> nn.Module:
-        raise NotImplementedError
+        """Hook: the parametrization module installed on ``module.weight`` (STR and spred each define it)."""
+        raise NotImplementedError(f"{type(self).__name__} must define the parametrization it installs.")
 
     def _validate(self, name: str, module: nn.Module) -> None:
         if parametrize.is_parametrized(module, "weight"):
