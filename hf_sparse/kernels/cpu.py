@@ -29,10 +29,18 @@ from torch import nn
 
 from ..layers import SparseConv1D, SparseMixin
 from ..patching import sparse_modules
+from .panels import PackCache, pack, packed_view, sequence_panel, unpack
 
 logger = logging.getLogger(__name__)
 
 METHODS = ("dense", "torch_csr", "torch_bsr", "numba_csr", "numba_bsr")
+#: Per ``config.model_type``: the two projections of a feed-forward block, whose only link is an element-wise
+#: activation (module names relative to the block). The first may pass its output on in the kernels' panel layout.
+FEED_FORWARD_PAIRS: Dict[str, Tuple[str, str]] = {
+    "bert": ("intermediate.dense", "output.dense"),
+    "roberta": ("intermediate.dense", "output.dense"),
+    "gpt2": ("mlp.c_fc", "mlp.c_proj"),
+}
 _NUMBA_METHODS = ("numba_csr", "numba_bsr")
 
 
@@ -91,7 +99,9 @@ class SparseInferenceLinear(nn.Module):
         self.out_features, self.in_features = weight.shape
         self.method = method
         self.block_size = int(block_size)
-        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        if bias is not None and bias.shape != (weight.shape[0],):
+            raise ValueError(f"bias of shape {tuple(bias.shape)} does not match {weight.shape[0]} output features.")
+        self.bias = None if bias is None else nn.Parameter(bias.detach().to(weight.dtype).clone(), requires_grad=False)
         self.nnz = int(torch.count_nonzero(weight))
         self._weight: Optional[torch.Tensor] = None
         self._arrays: Tuple = ()
@@ -102,48 +112,55 @@ class SparseInferenceLinear(nn.Module):
         elif method == "torch_bsr":
             self._weight = weight.to_sparse_bsr((block_size, block_size))
         elif method == "numba_csr":
-            csr = weight.to_sparse_csr()
-            self._arrays = (csr.crow_indices().to(torch.int32).numpy(), csr.col_indices().to(torch.int32).numpy(),
-                            csr.values().contiguous().numpy())
+            spmm = _load_numba()[1]
+            chunk = self.in_features if self.in_features <= spmm.CSR_SINGLE_CHUNK else spmm.CSR_COLUMN_CHUNK
+            self._arrays = spmm.chunked_csr(weight, chunk)
         else:
             bsr = weight.to_sparse_bsr((block_size, block_size))
             self._arrays = (bsr.crow_indices().to(torch.int32).numpy(), bsr.col_indices().to(torch.int32).numpy(),
                             bsr.values().contiguous().numpy())
         self.dtype = weight.dtype
+        # The Numba kernels start each output row at its bias (zeros when there is none).
+        self._bias_array = (torch.zeros(self.out_features, dtype=weight.dtype) if self.bias is None
+                            else self.bias.detach()).numpy()
+        #: Return ``[batch, seq, out]`` as a view of the kernel's panel layout (see `hf_sparse.kernels.panels`);
+        #: only for layers whose output feeds element-wise ops and then another Numba layer.
+        self.packed_output = False
+        #: Shared with the model's other converted layers so one activation is packed once (query/key/value).
+        self.pack_cache: Optional[PackCache] = None
 
-    def _matmul(self, x: torch.Tensor) -> torch.Tensor:
-        """``x W^T + b`` for a 2-D ``x`` with at least one row."""
+    def _torch_matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """``x W^T + b`` for a 2-D ``x`` through PyTorch (dense, CSR or BSR)."""
         if self.method == "dense":
             return F.linear(x, self._weight, self.bias)
-        if self.method in ("torch_csr", "torch_bsr"):
-            # Sparse on the left: MKL's sparse x dense path. F.linear(x, W_sparse) would be 3-5x slower than dense.
-            y = torch.mm(self._weight, x.t()).t()
-            return y if self.bias is None else y + self.bias
+        # Sparse on the left: MKL's sparse x dense path. F.linear(x, W_sparse) would be 3-5x slower than dense.
+        y = torch.mm(self._weight, x.t()).t()
+        return y if self.bias is None else y + self.bias
+
+    def _numba_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x W^T + b`` through the Numba kernels, in the token-panel layout (see `hf_sparse.kernels.panels`)."""
         numba, spmm, _ = _load_numba()
-        panel = spmm.panel_width(x.shape[0], spmm.BSR_PANEL if self.method == "numba_bsr" else spmm.CSR_PANEL)
-        tokens, full = x.shape[0], x.shape[0] // panel
-        panels = -(-tokens // panel)
-        # Pack [tokens, in] into [panels, in, PANEL] in one pass (the zero-padded tail panel separately).
-        xp = torch.empty(panels, self.in_features, panel, dtype=x.dtype)
-        if full:
-            xp[:full].copy_(x[: full * panel].view(full, panel, self.in_features).transpose(1, 2))
-        if panels > full:
-            xp[full].zero_()
-            xp[full, :, : tokens - full * panel].copy_(x[full * panel:].t())
+        seq = sequence_panel(x)
+        xp = packed_view(x)  # the input may already be in panel layout: then nothing is copied
+        if xp is None:
+            tokens = x.numel() // self.in_features
+            widest = spmm.BSR_PANEL if self.method == "numba_bsr" else spmm.CSR_PANEL
+            # A packed output needs one whole sequence per panel.
+            panel = seq if self.packed_output and seq is not None else spmm.panel_width(tokens, widest)
+            if self.pack_cache is not None:
+                xp = self.pack_cache.get(x, panel, spmm.transpose_panels)
+            else:
+                xp = pack(x.reshape(-1, x.shape[-1]), panel, spmm.transpose_panels)
+        panels, _, panel = xp.shape
         yp = torch.empty(panels, self.out_features, panel, dtype=x.dtype)
         # Follow torch's thread setting (OMP_NUM_THREADS / torch.set_num_threads) so both libraries agree.
         numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
         kernel = spmm.csr_panel_matmul if self.method == "numba_csr" else spmm.bsr_panel_matmul
-        kernel(*self._arrays, xp.numpy(), yp.numpy())
-        # Un-pack and add the bias in one pass. (Writing [tokens, out] from inside the kernel was measured 2-3x
-        # slower: a panel's stores, a row apart, alias in L1 when ``out`` is a multiple of 1024.)
-        y = torch.empty(panels * panel, self.out_features, dtype=x.dtype)
-        transposed = yp.transpose(1, 2)
-        if self.bias is None:
-            y.view(panels, panel, self.out_features).copy_(transposed)
-        else:
-            torch.add(transposed, self.bias.detach(), out=y.view(panels, panel, self.out_features))
-        return y[:tokens]
+        kernel(*self._arrays, self._bias_array, xp.numpy(), yp.numpy())
+        if self.packed_output and seq is not None and panel == seq:
+            return yp.transpose(1, 2)  # [batch, seq, out] view, already holding the bias
+        y = unpack(yp, x.numel() // self.in_features, spmm.transpose_panels)
+        return y.reshape(*x.shape[:-1], self.out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype != self.dtype or x.device.type != "cpu":
@@ -154,8 +171,11 @@ class SparseInferenceLinear(nn.Module):
             raise RuntimeError("SparseInferenceLinear is inference-only; run it under torch.no_grad().")
         if x.shape[-1] != self.in_features:
             raise ValueError(f"Expected input with last dimension {self.in_features}, got shape {tuple(x.shape)}.")
-        flat = x.reshape(-1, self.in_features)
-        y = self._matmul(flat) if flat.shape[0] else flat.new_zeros(0, self.out_features)
+        if not x.numel():
+            return x.new_zeros(*x.shape[:-1], self.out_features)
+        if self.method in _NUMBA_METHODS:
+            return self._numba_forward(x)
+        y = self._torch_matmul(x.reshape(-1, self.in_features))
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
@@ -236,12 +256,29 @@ def _choose(layer: SparseMixin, weight: torch.Tensor, methods: Sequence[str], to
     return best, timings
 
 
+def _share_panels(model: nn.Module, converted: Dict[str, SparseInferenceLinear], packed_ffn: bool) -> None:
+    """Gives the Numba layers one shared `PackCache` and switches on packed outputs along feed-forward pairs."""
+    numba_layers = {n: m for n, m in converted.items() if m.method in _NUMBA_METHODS}
+    cache = PackCache()
+    for module in numba_layers.values():
+        module.pack_cache = cache
+    pair = FEED_FORWARD_PAIRS.get(getattr(getattr(model, "config", None), "model_type", None))
+    if not packed_ffn or pair is None:
+        return
+    first, second = pair
+    for name, module in numba_layers.items():
+        if name == first or name.endswith("." + first):
+            consumer = name[: len(name) - len(first)] + second
+            module.packed_output = consumer in numba_layers
+
+
 def to_cpu_inference_(
     model: nn.Module,
     methods: Optional[Iterable[str]] = None,
     calibration_tokens: int = 1024,
     repeats: int = 5,
     seed: int = 0,
+    packed_ffn: bool = True,
 ) -> Dict[str, MethodChoice]:
     """Converts every sparse layer of ``model`` to its fastest measured CPU inference representation, in place.
 
@@ -256,6 +293,9 @@ def to_cpu_inference_(
         calibration_tokens: Rows of the calibration activation (use your batch x sequence length).
         repeats: Timed repetitions per candidate (the best one counts).
         seed: Seed of the calibration activation.
+        packed_ffn: Let the first projection of each feed-forward block hand its output to the second one in the
+            kernels' panel layout (through the element-wise activation), skipping an un-pack and a pack; only for
+            model types in `FEED_FORWARD_PAIRS` and when both projections use a Numba kernel.
 
     Returns:
         ``{layer kind: MethodChoice}``, keyed like ``"3072x768 block 16x16 (l1) density=0.1000"`` (``[out, in]``).
@@ -303,6 +343,7 @@ def to_cpu_inference_(
         method = choices[key].method
         block = layer.structure.block_size if method.endswith("_bsr") else 1
         plan.append((name, SparseInferenceLinear(weight, layer.bias, method, block)))
+    _share_panels(model, dict(plan), packed_ffn)
     for name, module in plan:  # everything built: only now touch the model
         _replace(model, name, module)
     model._hf_sparse_inference = choices
