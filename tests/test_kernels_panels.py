@@ -1,0 +1,200 @@
+"""The Numba kernels' panel layout: packing, the tiled transpose, the pack cache, packed feed-forward outputs and the
+column-chunked CSR format — each against a hand-computed or dense reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import BertConfig, BertModel, GPT2Config, GPT2Model
+
+from hf_sparse.config import SparsityConfig
+from hf_sparse.kernels import SparseInferenceLinear, numba_available, to_cpu_inference_
+from hf_sparse.kernels.panels import PackCache, pack, packed_view, sequence_panel, unpack
+from hf_sparse.patching import sparsify_
+
+pytestmark = pytest.mark.skipif(not numba_available(), reason="numba not installed (extra 'cpu-kernels')")
+
+
+def _spmm():
+    from hf_sparse.kernels import _numba_spmm
+
+    return _numba_spmm
+
+
+def test_pack_hand_computed_with_padded_tail():
+    x = torch.arange(6.0).view(3, 2)  # 3 tokens, 2 features, panels of 2 tokens
+    expected = torch.tensor([[[0.0, 2.0], [1.0, 3.0]], [[4.0, 0.0], [5.0, 0.0]]])
+    assert torch.equal(pack(x, 2), expected)
+    assert torch.equal(pack(x, 2, _spmm().transpose_panels), expected)
+    assert torch.equal(unpack(expected, 3, _spmm().transpose_panels), x)
+
+
+@pytest.mark.parametrize("shape", [(3, 37, 70), (1, 16, 16), (2, 5, 48), (4, 33, 17)])
+def test_tiled_transpose_matches_torch_on_ragged_tiles(shape):
+    src = torch.randn(*shape)
+    dst = torch.empty(shape[0], shape[2], shape[1])
+    _spmm().transpose_panels(src.numpy(), dst.numpy())
+    assert torch.equal(dst, src.transpose(1, 2))
+
+
+@pytest.mark.parametrize("tokens,panel", [(70, 32), (128, 128), (5, 16)])
+def test_pack_unpack_round_trip(tokens, panel):
+    x = torch.randn(tokens, 40)
+    xp = pack(x, panel, _spmm().transpose_panels)
+    assert xp.shape == (-(-tokens // panel), 40, panel)
+    assert torch.equal(pack(x, panel), xp)
+    tail = tokens - (xp.shape[0] - 1) * panel
+    assert not xp[-1, :, tail:].any()  # the padding of the last panel is zero
+    assert torch.equal(unpack(xp, tokens, _spmm().transpose_panels), x)
+
+
+def test_packed_view_only_for_panel_layout():
+    yp = torch.randn(2, 24, 32)  # [batch, features, seq] as a kernel writes it
+    x = yp.transpose(1, 2)  # [batch, seq, features] view
+    view = packed_view(x)
+    assert view is not None and view.data_ptr() == yp.data_ptr() and torch.equal(view, yp)
+    assert packed_view(F.gelu(x)) is not None  # element-wise ops keep the layout
+    assert packed_view(x.contiguous()) is None
+    assert packed_view(x[:, :, :12]) is None  # a slice is not a whole panel
+    assert packed_view(torch.randn(2, 24, 20).transpose(1, 2)) is None  # panel layout, but seq=20 is no panel
+    assert sequence_panel(torch.randn(2, 20, 8)) is None  # 20 is not a multiple of 16
+    assert sequence_panel(torch.randn(2, 512, 8)) is None  # wider than a panel
+    assert sequence_panel(torch.randn(64, 8)) is None
+    assert sequence_panel(torch.randn(2, 48, 8)) == 48
+
+
+def test_pack_cache_packs_one_tensor_once():
+    calls = []
+
+    def counting(src, dst):
+        calls.append(src.shape)
+        _spmm().transpose_panels(src, dst)
+
+    cache = PackCache()
+    x = torch.randn(2, 16, 8)
+    first = cache.get(x, 16, counting)
+    assert cache.get(x, 16, counting) is first and len(calls) == 1  # query, key and value share one pack
+    assert cache.get(x, 32, counting) is not first and len(calls) == 2  # another panel width
+    same_values = x.clone()
+    assert torch.equal(cache.get(same_values, 32, counting), cache.get(x, 32, counting)) and len(calls) == 4
+    x.add_(1.0)  # edited in place: the version counter moves, so it is packed again
+    assert torch.equal(cache.get(x, 32, counting), pack(x.reshape(-1, 8), 32)) and len(calls) == 5
+    cache.clear()
+    cache.get(x, 32, counting)
+    assert len(calls) == 6
+
+
+def test_chunked_csr_hand_computed():
+    weight = torch.tensor([[1.0, 0.0, 2.0, 3.0], [0.0, 4.0, 0.0, 5.0], [6.0, 0.0, 0.0, 0.0]])
+    ptr, indices, data = _spmm().chunked_csr(weight, column_chunk=2)
+    # chunk 0 (columns 0-1): row0 [0], row1 [1], row2 [0]; chunk 1 (columns 2-3): row0 [2, 3], row1 [3], row2 none
+    assert ptr.tolist() == [0, 1, 2, 3, 5, 6, 6]
+    assert indices.tolist() == [0, 1, 0, 2, 3, 3]
+    assert data.tolist() == [1.0, 4.0, 6.0, 2.0, 3.0, 5.0]
+    ptr, indices, data = _spmm().chunked_csr(weight, column_chunk=8)  # one chunk: plain CSR
+    assert ptr.tolist() == [0, 3, 5, 6] and indices.tolist() == [0, 2, 3, 1, 3, 0]
+
+
+@pytest.mark.parametrize("chunk", [3, 16, 64])
+def test_csr_kernel_with_column_chunks_equals_dense(chunk):
+    torch.manual_seed(1)
+    weight = torch.randn(300, 40) * (torch.rand(300, 40) < 0.2)  # more rows than one row group
+    bias = torch.randn(300)
+    x = torch.randn(3, 40, 32)
+    yp = torch.empty(3, 300, 32)
+    _spmm().csr_panel_matmul(*_spmm().chunked_csr(weight, chunk), bias.numpy(), x.numpy(), yp.numpy())
+    expected = torch.einsum("ok,ckj->coj", weight, x) + bias[None, :, None]
+    torch.testing.assert_close(yp, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_wide_layer_uses_column_chunks():
+    spmm = _spmm()
+    in_f = spmm.CSR_SINGLE_CHUNK + 64
+    weight = torch.randn(8, in_f) * (torch.rand(8, in_f) < 0.1)
+    layer = SparseInferenceLinear(weight, None, "numba_csr")
+    assert layer._arrays[0].shape[0] == 8 * -(-in_f // spmm.CSR_COLUMN_CHUNK) + 1
+    x = torch.randn(20, in_f)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), x @ weight.T, rtol=1e-4, atol=1e-4)
+
+
+def _tiny_bert():
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                 intermediate_size=64, max_position_embeddings=64), add_pooling_layer=False).eval()
+    return sparsify_(model, SparsityConfig(sparsity=0.75, mask_init="magnitude"))
+
+
+def _record(model, names):
+    seen = {}
+
+    def hook(name):
+        def record(module, args, out):
+            seen.setdefault(name, (args[0], out))  # the first call; returning None keeps the output
+
+        return record
+
+    for name in names:
+        model.get_submodule(name).register_forward_hook(hook(name))
+    return seen
+
+
+@pytest.mark.parametrize("seq", [32, 20])  # 20 is not a multiple of 16: the usual contiguous path
+def test_bert_feed_forward_passes_packed_activations(seq):
+    model = _tiny_bert()
+    ids = torch.randint(0, 96, (3, seq))
+    with torch.no_grad():
+        expected = model(ids).last_hidden_state
+    to_cpu_inference_(model, methods=["numba_csr"], calibration_tokens=64, repeats=1)
+    up, down = "encoder.layer.0.intermediate.dense", "encoder.layer.0.output.dense"
+    assert model.get_submodule(up).packed_output and not model.get_submodule(down).packed_output
+    assert not model.get_submodule("encoder.layer.0.attention.self.query").packed_output
+    caches = {id(m.pack_cache) for m in model.modules() if isinstance(m, SparseInferenceLinear)}
+    assert len(caches) == 1 and None not in caches  # one cache shared by every layer
+    seen = _record(model, [up, down])
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).last_hidden_state, expected, rtol=1e-5, atol=1e-5)
+    up_out, down_in = seen[up][1], seen[down][0]
+    if seq % 16 == 0:
+        assert not up_out.is_contiguous() and packed_view(up_out) is not None
+        assert packed_view(down_in) is not None  # GELU kept the layout, so the second projection did not pack
+    else:
+        assert up_out.is_contiguous() and down_in.is_contiguous()
+    torch.testing.assert_close(seen[down][1], F.linear(down_in.contiguous(), _dense_weight(model, down),
+                                                       model.get_submodule(down).bias), rtol=1e-5, atol=1e-5)
+
+
+def _dense_weight(model, name):
+    layer = model.get_submodule(name)
+    eye = torch.eye(layer.in_features)
+    with torch.no_grad():
+        return (layer(eye.unsqueeze(0)).squeeze(0) - layer.bias).T
+
+
+def test_packed_ffn_off_and_unknown_models():
+    model = _tiny_bert()
+    to_cpu_inference_(model, methods=["numba_csr"], calibration_tokens=32, repeats=1, packed_ffn=False)
+    assert not any(m.packed_output for m in model.modules() if isinstance(m, SparseInferenceLinear))
+    model = _tiny_bert()
+    to_cpu_inference_(model, methods=["dense"], calibration_tokens=32, repeats=1)  # consumer is not a Numba layer
+    assert not any(m.packed_output for m in model.modules() if isinstance(m, SparseInferenceLinear))
+
+
+def test_gpt2_feed_forward_passes_packed_activations():
+    torch.manual_seed(0)
+    model = GPT2Model(GPT2Config(vocab_size=96, n_embd=32, n_layer=2, n_head=4, n_positions=64)).eval()
+    sparsify_(model, SparsityConfig(sparsity=0.75))
+    ids = torch.randint(0, 96, (2, 48))
+    with torch.no_grad():
+        expected = model(ids).last_hidden_state
+    to_cpu_inference_(model, methods=["numba_csr"], calibration_tokens=32, repeats=1)
+    assert [n for n, m in model.named_modules() if getattr(m, "packed_output", False)] == ["h.0.mlp.c_fc",
+                                                                                          "h.1.mlp.c_fc"]
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).last_hidden_state, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_bias_shape_is_checked():
+    with pytest.raises(ValueError, match=r"bias of shape \(3,\)"):
+        SparseInferenceLinear(torch.eye(4), torch.zeros(3), "numba_csr")
