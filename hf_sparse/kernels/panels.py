@@ -110,19 +110,20 @@ class PackCache:
     """
 
     def __init__(self) -> None:
-        self._key: tuple = ()
-        self._packed: Optional[torch.Tensor] = None
+        # One tuple, replaced whole: a model called from two threads can never pair one tensor with another's pack.
+        self._entry: tuple = ()
 
     def get(self, x: torch.Tensor, panel: int, transpose: Optional[Callable] = None) -> torch.Tensor:
         """``x`` (any leading shape, features last) packed for ``panel``; from the cache when ``x`` is the very
         tensor packed last (the layers' own reshaped views are new objects each call, so the caller's tensor is
         the key)."""
-        if self._key and self._key[0] is x and self._key[1:] == (x._version, panel):
-            return self._packed
+        entry = self._entry
+        if entry and entry[0] is x and entry[1:3] == (x._version, panel):
+            return entry[3]
         packed = pack(x.reshape(-1, x.shape[-1]), panel, transpose)
-        self._key, self._packed = (x, x._version, panel), packed
+        self._entry = (x, x._version, panel, packed)
         return packed
 
     def clear(self) -> None:
         """Drops the cached tensors (they keep one activation alive between forward passes)."""
-        self._key, self._packed = (), None
+        self._entry = ()
