@@ -271,3 +271,41 @@ def test_enable_time_fallbacks(cpu_seam, monkeypatch, caplog):
     monkeypatch.setattr(ss, "_device_type", lambda layer: "cuda")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     assert "torch.float64 is not supported" in ss.unsupported_reason(odd)
+
+
+def test_sparse_trainer_with_topk_rewiring_then_the_function(cpu_seam, fp32_compute, tmp_path, monkeypatch):
+    """2:4 masks move with top-k (the DST algorithm for N:M): its rewiring steps want straight-through gradients
+    and take the masked path; once FIX freezes the pattern the function runs on the rewired masks."""
+    from transformers import TrainingArguments
+
+    from hf_sparse.config import DynamicSparsityConfig
+    from hf_sparse.trainer import SparseTrainer
+
+    calls = []
+    original = ss.SemiStructuredLinearFunction.apply
+    monkeypatch.setattr(ss.SemiStructuredLinearFunction, "apply", lambda *a: calls.append(a[5] is not None) or
+                        original(*a))
+    model = _models()[0]
+    g = torch.Generator().manual_seed(0)
+    data = [{"input_ids": ids, "labels": ids.clone()} for ids in torch.randint(5, 64, (24, 8), generator=g)]
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=6, per_device_train_batch_size=4, learning_rate=5e-2,
+                             save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True, seed=0)
+    trainer = SparseTrainer(model=model, args=args, train_dataset=data,
+                            sparsity_config=SparsityConfig(structure="nm_transposable", sparsity=None,
+                                                           kernel_backend="semi_structured"),
+                            dynamic_config=DynamicSparsityConfig(algorithm="topk", update_interval=1,
+                                                                 topk_exploitation="FIX", topk_fix_fraction=0.5))
+    layers = sparse_modules(model)
+    masks = {n: m.weight_mask.clone() for n, m in layers.items()}
+    trainer.train()
+    assert set(active_backends(model).values()) == {"semi_structured"}
+    assert trainer.controller.num_updates >= 1
+    assert any(not torch.equal(masks[n], m.weight_mask) for n, m in layers.items())  # top-k rewired
+    # Some steps ran the masked straight-through path, the later ones the function, dX through the compressed W^T.
+    assert len(calls) == 3 * len(layers) and all(calls)
+    for name, m in layers.items():
+        assert ((m.weight_mask.reshape(m.weight.shape[0], -1, 4)).sum(-1) == 2).all(), name  # exactly 2:4 ...
+        assert (m.weight_mask.reshape(-1, 4, m.weight.shape[1] // 4, 4).sum(1) == 2).all(), name  # transposable
+        assert not m.weight[~m.weight_mask].any(), name
+        # The last step's compressed weight was built on the rewired mask (recompressed after the updates).
+        assert not ((m._hf_sparse_semi_structured[False][1] != 0) & ~m.weight_mask).any(), name

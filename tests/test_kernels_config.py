@@ -213,3 +213,30 @@ def test_trainer_without_cuda_or_interpreter_fails_before_the_first_step(tmp_pat
         trainer.train()
     assert trainer.state.global_step == 0 and not active_backends(model)
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the fall back on a machine without CUDA")
+def test_backend_inherited_from_the_model_falls_back_with_a_warning(tmp_path, monkeypatch, caplog):
+    """A checkpoint trained with kernel_backend='triton' can still be fine-tuned on a machine without CUDA."""
+    monkeypatch.delenv("TRITON_INTERPRET")
+    model = _tiny_bert(SparsityConfig(**BLOCK, kernel_backend="triton"))  # as from_pretrained would restore it
+    trainer = Trainer(model=model, args=_args(tmp_path, max_steps=1), train_dataset=_dataset(),
+                      callbacks=[SparsityCallback()])
+    with caplog.at_level(logging.WARNING, logger="hf_sparse.kernels.dispatch"):
+        trainer.train()
+    assert trainer.state.global_step == 1 and not active_backends(model)
+    assert "kernel_backend='triton' cannot be used here" in caplog.text and "model's own config" in caplog.text
+
+
+def test_triton_keeps_frozen_inactive_weights_on_the_masked_path(caplog):
+    model = _tiny_bert(SparsityConfig(**BLOCK))
+    enable_(model, "triton", allow_interpreter=True)
+    layer = next(iter(sparse_modules(model).values()))
+    with torch.no_grad():
+        layer.weight.add_(~layer.weight_mask * 0.5)  # frozen inactive weights hold values that take part
+    layer.set_inactive_mode_("frozen")
+    x = torch.randn(3, 32, device=DEVICE)
+    with caplog.at_level(logging.WARNING, logger="hf_sparse.kernels.dispatch"):
+        got = layer(x)
+    torch.testing.assert_close(got, type(layer).forward(layer, x))
+    assert "inactive_mode='frozen'" in caplog.text
