@@ -163,26 +163,34 @@ def _compute_dtype(layer: SparseMixin, x: torch.Tensor) -> torch.dtype:
     return layer.weight.dtype
 
 
+_STRAIGHT_THROUGH = "straight_through=True wants dense gradients"
+
+
 def _masked_path_reason(layer: SparseMixin, dtype: torch.dtype) -> Optional[str]:
+    machine = unsupported_reason(layer)  # also catches a model moved off the GPU after enable_
+    if machine is not None:
+        return machine
     if layer.straight_through:
-        return "straight_through=True wants dense gradients"
+        return _STRAIGHT_THROUGH
     if layer.inactive_mode == "frozen":
         return "inactive_mode='frozen' uses the inactive weights in the forward"
     if dtype not in COMPUTE_DTYPES:
         return f"it computes in {dtype}; the sparse tensor cores need float16 / bfloat16 (use autocast)"
-    return unsupported_reason(layer)
+    return None
 
 
 def semi_structured_forward(layer: SparseMixin, x: torch.Tensor) -> torch.Tensor:
     """The layer's forward through the compressed 2:4 weight (any leading shape, autocast-aware); the masked path,
     logged once per layer and reason, where the sparse tensor cores cannot be used."""
     dtype = _compute_dtype(layer, x)
-    reason = _masked_path_reason(layer, dtype)
+    reason = _masked_path_reason(layer, dtype) if x.numel() else "the input is empty"
     if reason is not None:
         logged = layer.__dict__.setdefault("_hf_sparse_24_logged", set())
         if reason not in logged:
-            logger.warning("2:4 semi-structured kernels skipped for %s (%s); keeping the masked path.",
-                           getattr(layer, "_hf_sparse_name", type(layer).__name__), reason)
+            # Straight-through phases (top-k rewiring, RigL's gradient capture) are planned, not a problem.
+            level = logging.INFO if reason in (_STRAIGHT_THROUGH, "the input is empty") else logging.WARNING
+            logger.log(level, "2:4 semi-structured kernels skipped for %s (%s); keeping the masked path.",
+                       getattr(layer, "_hf_sparse_name", type(layer).__name__), reason)
             logged.add(reason)
         return type(layer).forward(layer, x)
     w_sparse = compressed_weight(layer, dtype)
