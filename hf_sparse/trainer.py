@@ -63,7 +63,8 @@ class SparsityCallback(TrainerCallback):
 
     Pass it at construction (``Trainer(..., callbacks=[SparsityCallback(sparsity, dynamic)])``) so the model is
     sparsified before the optimizer is built; added later, it sparsifies at train start (same parameters, so the
-    optimizer still works), but then ``apply_sparse_lr`` cannot be honoured and raises.
+    optimizer still works), but then ``apply_sparse_lr`` cannot be honoured and raises. At train start it also
+    enables ``SparsityConfig.kernel_backend`` (``"triton"`` / ``"semi_structured"``) on the placed model.
 
     Args:
         sparsity_config: How to sparsify (may be ``None`` when the model is already sparse).
@@ -150,8 +151,20 @@ class SparsityCallback(TrainerCallback):
                 )
             self.controller.load_state(directory)
             logger.info("Restored sparsity controller state from %s (step %d).", directory, state.global_step)
+        self._enable_kernels(model)
         self._start_flops(model)
         self.last_metrics = {**self.controller.last_metrics, **self.flops.metrics()}
+
+    def _enable_kernels(self, model) -> None:
+        """Switches the layers to ``kernel_backend`` now that the Trainer has put the model on its device and the
+        masks are final (fresh or restored); the controller's later mask updates reach the kernels through the
+        mask's version counter. A backend the run's own config asks for must work (else a clear error); one only
+        inherited from the model's config (e.g. a checkpoint trained on a GPU) falls back with a warning."""
+        from .kernels.dispatch import enable_from_config_
+
+        names = enable_from_config_(unwrap_model(model), self.sparsity_config, strict=self.sparsity_config is not None)
+        if names:
+            logger.info("Training with kernel backend(s) on %d sparse layers.", len(names))
 
     def _start_flops(self, model) -> None:
         self._model = unwrap_model(model)

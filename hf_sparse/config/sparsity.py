@@ -12,6 +12,10 @@ BLOCK_NORMS = ("l1", "l2", "linf")
 DISTRIBUTIONS = ("uniform", "erk")
 INITS = ("keep", "truncated_normal")
 MASK_INITS = ("auto", "random", "magnitude")
+#: Kernel backends `hf_sparse.kernels.enable_` can switch sparse layers to (``None``: the masked PyTorch path).
+KERNEL_BACKENDS = ("triton", "semi_structured")
+#: Block sizes the Triton block-sparse kernels compile for (kept equal to the kernels' own list by a test).
+TRITON_BLOCK_SIZES = (16, 32, 64)
 
 
 @dataclass
@@ -37,6 +41,11 @@ class SparsityConfig(ConfigMixin):
             the full module name, or a list of module names / name suffixes.
         exclude_modules: Regex or list of names / suffixes removed from the targets.
         seed: Seed of every random choice (initial pattern, re-initialisation).
+        kernel_backend: ``None`` (default: the masked PyTorch path), ``"triton"`` (block-sparse Triton kernels
+            for ``structure="block"`` with ``block_size`` 16 / 32 / 64, CUDA) or ``"semi_structured"`` (2:4
+            sparse tensor cores, CUDA compute capability >= 8.0, layers that cannot use them log why and keep the
+            masked path). `SparsityCallback` / `SparseTrainer` enable it at train start, once the model is on its
+            device; ``hf_sparse.kernels.enable_(model)`` enables it by hand. Loading a checkpoint never does.
 
     Example:
         >>> cfg = SparsityConfig(sparsity=0.9, structure="block", block_size=16)
@@ -70,6 +79,11 @@ class SparsityConfig(ConfigMixin):
         default=None, metadata={"help": "Regex or list of names/suffixes excluded from the targets."}
     )
     seed: int = field(default=0, metadata={"help": "Seed for every random choice."})
+    kernel_backend: Optional[str] = field(
+        default=None,
+        metadata={"help": "Kernels used in training: None (masked PyTorch path), 'triton' (block structure, "
+                          "block_size 16/32/64, CUDA) or 'semi_structured' (2:4, CUDA compute capability >= 8.0)."},
+    )
 
     def __post_init__(self) -> None:
         _check_choice("structure", self.structure, STRUCTURES)
@@ -116,6 +130,29 @@ class SparsityConfig(ConfigMixin):
             if value is not None and not isinstance(value, str):
                 if not (isinstance(value, list) and all(isinstance(v, str) and v for v in value) and value):
                     raise TypeError(f"{name}={value!r} must be None, a string, or a non-empty list of names.")
+        self._check_kernel_backend()
+
+    def _check_kernel_backend(self) -> None:
+        if self.kernel_backend is None:
+            return
+        if self.kernel_backend not in KERNEL_BACKENDS:
+            raise ValueError(f"kernel_backend={self.kernel_backend!r} is not supported; choose None or one of "
+                             f"{', '.join(map(repr, KERNEL_BACKENDS))}.")
+        if self.kernel_backend == "triton" and (
+            self.structure != "block" or self.block_size not in TRITON_BLOCK_SIZES
+        ):
+            raise ValueError(
+                f"kernel_backend='triton' needs structure='block' with block_size in {TRITON_BLOCK_SIZES}, got "
+                f"structure={self.structure!r}, block_size={self.block_size!r}; use kernel_backend=None otherwise."
+            )
+        if self.kernel_backend == "semi_structured" and (
+            self.structure not in ("nm", "nm_transposable") or (self.n, self.m) != (2, 4)
+        ):
+            desc = f"{self.structure!r}" + (f" {self.n}:{self.m}" if self.structure.startswith("nm") else "")
+            raise ValueError(
+                f"kernel_backend='semi_structured' needs 2:4 structure (structure='nm' or 'nm_transposable' with "
+                f"n=2, m=4), got structure={desc}; use kernel_backend=None otherwise."
+            )
 
     @property
     def density(self) -> float:
