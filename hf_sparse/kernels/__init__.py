@@ -1,15 +1,16 @@
 """Optional fast execution of sparse layers, always checked against the dense masked reference.
 
 - `to_cpu_inference_`: converts sparse layers to the fastest measured CPU representation for inference.
-- `enable_` / `disable_`: route sparse layers through Triton block-sparse kernels (training, CUDA) or 2:4
-  semi-structured sparse tensor cores (inference, CUDA cc >= 8.0). Off by default.
+- `enable_` / `disable_`: route sparse layers through Triton block-sparse kernels (training and inference, CUDA) or
+  2:4 semi-structured sparse tensor cores (training and inference, CUDA cc >= 8.0). Off by default; also switched
+  on from ``SparsityConfig.kernel_backend`` by the Trainer integration (`enable_from_config_`).
 
 Triton is imported only when its backend is used, so this package imports on machines without it.
 """
 
 from .benchmark import InferenceBenchmark, benchmark_inference
 from .cpu import METHODS, MethodChoice, SparseInferenceLinear, numba_available, to_cpu_inference_
-from .dispatch import BACKENDS, active_backends, disable_, enable_
+from .dispatch import BACKENDS, active_backends, disable_, enable_, enable_from_config_
 
 
 def refresh_layout_(model) -> int:
@@ -31,5 +32,5 @@ def refresh_layout_(model) -> int:
 
 __all__ = [
     "BACKENDS", "METHODS", "InferenceBenchmark", "MethodChoice", "SparseInferenceLinear", "active_backends",
-    "benchmark_inference", "disable_", "enable_", "numba_available", "refresh_layout_", "to_cpu_inference_",
+    "benchmark_inference", "disable_", "enable_", "enable_from_config_", "numba_available", "refresh_layout_", "to_cpu_inference_",
 ]
