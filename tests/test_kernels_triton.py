@@ -242,34 +242,48 @@ def test_interpreter_uses_exactly_one_config():
         assert set(tb.chosen_configs().values()) == {"BLOCK_M=64 warps=4 stages=2"}
 
 
-def test_candidate_configs_and_token_buckets(monkeypatch):
+def test_candidate_configs_and_buckets():
     full = tc.candidate_configs(interpreter=False)
     assert len(full) == 27 and len({tc.describe(c) for c in full}) == 27
     assert tc.candidate_configs(interpreter=True) == [tc.DEFAULT_CONFIG]
-    monkeypatch.setenv("HF_SPARSE_TRITON_AUTOTUNE", "0")
-    assert tc.candidate_configs(interpreter=False) == [tc.DEFAULT_CONFIG]
-    assert [tc.token_bucket(n) for n in (1, 16, 17, 4096, 5000, 10 ** 6)] == [16, 16, 32, 4096, 8192, 65536]
+    assert [tc.bucket(n) for n in (1, 16, 17, 4096, 5000, 10 ** 6)] == [16, 16, 32, 4096, 8192, 65536]
+
+
+def _pruned(kind, bucket, bs, dtype, precision="ieee"):
+    named = {"x_ptr": torch.empty(0, dtype=dtype), "M_BUCKET": bucket}
+    return tc.make_prune(kind, "x_ptr")(tc.candidate_configs(interpreter=False), named, BS=bs, PRECISION=precision)
 
 
 def test_prune_drops_oversized_tiles_and_register_hogs():
-    full = tc.candidate_configs(interpreter=False)
-    prune = tc.make_prune("fwd", "x_ptr")
+    small = _pruned("fwd", 32, 16, torch.float16)
+    assert small and {c.kwargs["BLOCK_M"] for c in small} == {32}  # <= 32 tokens: no 64- or 128-row tiles
+    big = _pruned("fwd", 4096, 64, torch.float16)
+    assert {c.kwargs["BLOCK_M"] for c in big} == {32, 64, 128} and tc.DEFAULT_CONFIG in big
+    # A 128x64 tile on 2 warps (64 threads) holds 128 fp32 accumulator registers per thread: it spills.
+    for kind in ("fwd", "dx"):
+        for dtype, precision in ((torch.float32, "ieee"), (torch.float32, "tf32"), (torch.float16, "ieee")):
+            assert all(not (c.kwargs["BLOCK_M"] == 128 and c.num_warps == 2)
+                       for c in _pruned(kind, 4096, 64, dtype, precision))
+    # CUDA-core fp32 (no TF32): 4+ warps, no deep pipeline.
+    assert all(c.num_warps >= 4 and c.num_stages == 2 for c in _pruned("dw", 4096, 64, torch.float32))
+    # A 16x16 dW tile has room for two warps' MMA tiles only.
+    assert {c.num_warps for c in _pruned("dw", 4096, 16, torch.bfloat16)} == {2}
+    # Shared memory: 4 stages of 128x64 + 64x64 fp32 tiles (192 KiB) fit an H100 only.
+    assert not tc.fits("fwd", 128, 64, torch.float32, "tf32", 8, 4, capability=80)
+    assert tc.fits("fwd", 128, 64, torch.float32, "tf32", 8, 4, capability=90)
+    # Spills ptxas made on sm_80 only are excluded there only.
+    assert tc.fits("dw", 64, 64, torch.float16, "ieee", 8, 2, capability=90)
+    assert not tc.fits("dw", 64, 64, torch.float16, "ieee", 8, 2, capability=86)
 
-    def kept(bucket, bs, dtype, precision="ieee"):
-        named = {"x_ptr": torch.empty(0, dtype=dtype), "M_BUCKET": bucket}
-        return prune(full, named, BS=bs, PRECISION=precision)
 
-    small = kept(32, 16, torch.float16)
-    assert small and {c.kwargs["BLOCK_M"] for c in small} == {32}  # 20 tokens: no 64- or 128-row tiles
-    big = kept(4096, 64, torch.float16)
-    assert {c.kwargs["BLOCK_M"] for c in big} >= {64, 128}
-    # A 128x64 fp32 tile on 2 warps (64 threads) holds 128 accumulator registers per thread: dropped.
-    for dtype, precision in ((torch.float32, "ieee"), (torch.float32, "tf32"), (torch.float16, "ieee")):
-        assert all(not (c.kwargs["BLOCK_M"] == 128 and c.num_warps == 2)
-                   for c in kept(4096, 64, dtype, precision))
-    # Never empty, even when nothing fits (falls back to the default).
-    assert tc.make_prune("dw", "x_ptr")([full[0]], {"x_ptr": torch.empty(0), "M_BUCKET": 16}, BS=64,
-                                        PRECISION="ieee") == [tc.DEFAULT_CONFIG]
+def test_autotune_off_prunes_to_one_config(monkeypatch):
+    monkeypatch.setenv("HF_SPARSE_TRITON_AUTOTUNE", "0")
+    assert _pruned("fwd", 4096, 32, torch.float16) == [tc.DEFAULT_CONFIG]
+    # Where the default does not fit (fp32 CUDA-core 64x64 tiles), the nearest kept config is used.
+    (only,) = _pruned("fwd", 4096, 64, torch.float32)
+    assert only != tc.DEFAULT_CONFIG and tc.fits("fwd", only.kwargs["BLOCK_M"], 64, torch.float32, "ieee",
+                                                 only.num_warps, only.num_stages)
+    assert tc.untuned_config([]) == tc.DEFAULT_CONFIG
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the skip message on a machine without CUDA")

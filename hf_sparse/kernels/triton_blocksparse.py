@@ -47,6 +47,11 @@ def interpreter_active() -> bool:
 
 
 _CONFIGS = tc.candidate_configs(interpreter_active())
+# The autotuner re-tunes when one of these kernel arguments changes (it adds the tensors' dtypes itself). The
+# M_BUCKET, NNZB_BUCKET and LINES arguments exist only for it: the token count and the number of active blocks
+# rounded up to powers of two, and the weight's block rows (fwd, dW) / block columns (dX). They are fixed for a
+# layer under dynamic sparse training (exact counts), so mask updates never trigger re-tuning.
+_TUNE_KEY = ["M_BUCKET", "NNZB_BUCKET", "LINES", "BS"]
 
 
 @dataclass
@@ -124,10 +129,10 @@ class BlockLayout:
                    cols_empty=(col_counts == 0).nonzero().flatten())
 
 
-@triton.autotune(configs=_CONFIGS, key=["M_BUCKET", "BS"],
+@triton.autotune(configs=_CONFIGS, key=_TUNE_KEY,
                  prune_configs_by={"early_config_prune": tc.make_prune("fwd", "x_ptr")})
 @triton.jit
-def _fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, row_ptr, col_idx, rows_nz, M, M_BUCKET,
+def _fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, row_ptr, col_idx, rows_nz, M, M_BUCKET, NNZB_BUCKET, LINES,
                 stride_xm, stride_xk, stride_wn, stride_wk, stride_ym, stride_yn,
                 HAS_BIAS: tl.constexpr, BS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
                 BLOCK_M: tl.constexpr):
@@ -152,10 +157,10 @@ def _fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, row_ptr, col_idx, rows_nz, M, M_BUCK
     tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=m_ok)
 
 
-@triton.autotune(configs=_CONFIGS, key=["M_BUCKET", "BS"],
+@triton.autotune(configs=_CONFIGS, key=_TUNE_KEY,
                  prune_configs_by={"early_config_prune": tc.make_prune("dx", "dy_ptr")})
 @triton.jit
-def _dx_kernel(dy_ptr, w_ptr, dx_ptr, col_ptr, row_idx, cols_nz, M, M_BUCKET,
+def _dx_kernel(dy_ptr, w_ptr, dx_ptr, col_ptr, row_idx, cols_nz, M, M_BUCKET, NNZB_BUCKET, LINES,
                stride_dym, stride_dyn, stride_wn, stride_wk, stride_dxm, stride_dxk,
                BS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr):
     pid_m = tl.program_id(0)
@@ -178,10 +183,11 @@ def _dx_kernel(dy_ptr, w_ptr, dx_ptr, col_ptr, row_idx, cols_nz, M, M_BUCKET,
     tl.store(dx, acc.to(dx_ptr.dtype.element_ty), mask=m_ok)
 
 
-@triton.autotune(configs=_CONFIGS, key=["M_BUCKET", "BS"],
+@triton.autotune(configs=_CONFIGS, key=_TUNE_KEY,
                  prune_configs_by={"early_config_prune": tc.make_prune("dw", "x_ptr")})
 @triton.jit
-def _dw_kernel(dy_ptr, x_ptr, part_ptr, row_of, col_idx, M, M_BUCKET, NNZB, TOKENS_PER_SPLIT,
+def _dw_kernel(dy_ptr, x_ptr, part_ptr, row_of, col_idx, M, M_BUCKET, NNZB_BUCKET, LINES, NNZB,
+               TOKENS_PER_SPLIT,
                stride_dym, stride_dyn, stride_xm, stride_xk,
                BS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr):
     b = tl.program_id(0)
@@ -229,18 +235,24 @@ def _dot_options(dtype: torch.dtype) -> dict:
     return dict(PRECISION=precision, UPCAST=upcast)
 
 
+def _tune_key(tokens: int, layout: BlockLayout, dim: int) -> Tuple[int, int, int, int]:
+    """``M, M_BUCKET, NNZB_BUCKET, LINES`` kernel arguments (see `_TUNE_KEY`)."""
+    return (tokens, tc.bucket(tokens), tc.bucket(layout.num_blocks),
+            layout.shape[dim] // layout.block_size)
+
+
 def _fwd_launch(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], y: torch.Tensor,
                 layout: BlockLayout) -> Tuple[tuple, dict]:
     """Positional arguments and constexprs of `_fwd_kernel` (shared by the launch and the compile check)."""
     args = (x, weight, bias if bias is not None else y, y, layout.row_ptr, layout.col_idx, layout.rows_nz,
-            x.shape[0], tc.token_bucket(x.shape[0]), x.stride(0), x.stride(1), weight.stride(0), weight.stride(1),
+            *_tune_key(x.shape[0], layout, 0), x.stride(0), x.stride(1), weight.stride(0), weight.stride(1),
             y.stride(0), y.stride(1))
     return args, dict(HAS_BIAS=bias is not None, BS=layout.block_size, **_dot_options(x.dtype))
 
 
 def _dx_launch(dy: torch.Tensor, weight: torch.Tensor, dx: torch.Tensor, layout: BlockLayout) -> Tuple[tuple, dict]:
     """Positional arguments and constexprs of `_dx_kernel`."""
-    args = (dy, weight, dx, layout.col_ptr, layout.row_idx, layout.cols_nz, dy.shape[0], tc.token_bucket(dy.shape[0]),
+    args = (dy, weight, dx, layout.col_ptr, layout.row_idx, layout.cols_nz, *_tune_key(dy.shape[0], layout, 1),
             dy.stride(0), dy.stride(1), weight.stride(0), weight.stride(1), dx.stride(0), dx.stride(1))
     return args, dict(BS=layout.block_size, **_dot_options(dy.dtype))
 
@@ -248,7 +260,7 @@ def _dx_launch(dy: torch.Tensor, weight: torch.Tensor, dx: torch.Tensor, layout:
 def _dw_launch(dy: torch.Tensor, x: torch.Tensor, part: torch.Tensor, layout: BlockLayout,
                tokens_per_split: int) -> Tuple[tuple, dict]:
     """Positional arguments and constexprs of `_dw_kernel`."""
-    args = (dy, x, part, layout.row_of, layout.col_idx, x.shape[0], tc.token_bucket(x.shape[0]), layout.num_blocks,
+    args = (dy, x, part, layout.row_of, layout.col_idx, *_tune_key(x.shape[0], layout, 0), layout.num_blocks,
             tokens_per_split, dy.stride(0), dy.stride(1), x.stride(0), x.stride(1))
     return args, dict(BS=layout.block_size, **_dot_options(x.dtype))
 
