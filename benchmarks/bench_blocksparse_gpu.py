@@ -8,7 +8,7 @@ times ``y = layer(x); y.backward(g)`` through `hf_sparse.kernels.triton_blockspa
 active blocks) and through ``F.linear`` on the dense weight (cuBLAS), with CUDA events, and prints
 ``dense / sparse`` (> 1 means the block-sparse layer is faster), followed by the launch config the autotuner
 picked for each kernel (forward, dX, dW) at that shape. Autotuning happens in the warm-up calls and is not timed
-(``HF_SPARSE_TRITON_AUTOTUNE=0`` times the single default config instead). Without CUDA it prints why and
+(``HF_SPARSE_TRITON_AUTOTUNE=0`` times one fixed config per kernel instead). Without CUDA it prints why and
 exits 0.
 """
 

@@ -2,12 +2,13 @@
 that compiles a kernel for a GPU target without a GPU (registers, spills, shared memory, read from ``ptxas``).
 
 On a GPU every kernel is a ``triton.autotune`` over ``BLOCK_M`` (token rows per program) x ``num_warps`` x
-``num_stages``, keyed on a power-of-two token bucket, the block size and (implicitly, Triton adds it) the dtypes;
-`prune` drops, before any timing, the configs that would spill registers, overflow shared memory or use a token
-tile much larger than the input. With ``HF_SPARSE_TRITON_AUTOTUNE=0`` the pruned set is cut to one config
-(`untuned_config`), and under Triton's CPU interpreter exactly one config (`DEFAULT_CONFIG`) exists, so nothing
-is benchmarked. No kernel accumulates into its output, so a
-config can be timed repeatedly on the real buffers: no ``reset_to_zero`` / ``restore_value`` is needed.
+``num_stages`` (27 configs), keyed on power-of-two buckets of the token count and of the active-block count, the
+weight's block rows / columns, the block size and (Triton adds them) the dtypes. `make_prune` drops, before any
+timing, the configs that spill registers or overflow shared memory (`fits`, calibrated by compiling every config)
+or whose token tile is larger than the input. With ``HF_SPARSE_TRITON_AUTOTUNE=0`` the pruned set is cut to one
+config (`untuned_config`); under Triton's CPU interpreter exactly one config (`DEFAULT_CONFIG`) exists, so nothing
+is benchmarked. No kernel accumulates into its output, so a config can be timed repeatedly on the real buffers:
+no ``reset_to_zero`` / ``restore_value`` is needed.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ NUM_WARPS = (2, 4, 8)
 NUM_STAGES = (2, 3, 4)
 DEFAULT_CONFIG = triton.Config({"BLOCK_M": 64}, num_warps=4, num_stages=2)
 # Dynamic shared memory one program may use (bytes), by compute capability (CUDA programming guide, table of
-# technical specifications); used by the compile check and, for the running GPU, by `prune`.
+# technical specifications); used by `fits` for the running GPU and by the compile check.
 SHARED_LIMITS = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448}
 _MIN_SHARED_LIMIT = min(SHARED_LIMITS.values())
 # (sm family, kernel, element bytes, BS, BLOCK_M, warps, stages) that ptxas (Triton 3.9) spilled although they are
