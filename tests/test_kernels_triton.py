@@ -276,6 +276,27 @@ def test_prune_drops_oversized_tiles_and_register_hogs():
     assert not tc.fits("dw", 64, 64, torch.float16, "ieee", 8, 2, capability=86)
 
 
+def test_prune_reads_the_real_launch_arguments():
+    """What a GPU autotuner hands `early_config_prune`: the positional launch arguments by name, constexprs as
+    keywords. Checked here because a misnamed argument would only fail on a GPU."""
+    layer = _layer(SparseLinear, 64, 128, 32, density=0.5, dtype=torch.float16)
+    layout = tb.layout_for(layer)
+    x, dy = torch.empty(40, 64, dtype=torch.float16), torch.empty(40, 128, dtype=torch.float16)
+    weight = layer.weight.detach().cpu()
+    part = torch.empty(1, layout.num_blocks, 32, 32)
+    launches = {"fwd": (tb._fwd_kernel, tb._fwd_launch(x, weight, None, dy, layout)),
+                "dx": (tb._dx_kernel, tb._dx_launch(dy, weight, x, layout)),
+                "dw": (tb._dw_kernel, tb._dw_launch(dy, x, part, layout, 128))}
+    full = tc.candidate_configs(interpreter=False)
+    for kind, (kernel, (args, meta)) in launches.items():
+        assert kernel.keys == ["M_BUCKET", "NNZB_BUCKET", "LINES", "BS"]
+        named = dict(zip(kernel.arg_names, args))
+        assert named["M_BUCKET"] == 64 and named["NNZB_BUCKET"] == 16 and named["LINES"] == (2 if kind == "dx" else 4)
+        kept = kernel.early_config_prune(full, named, **meta, grid=None, warmup=False)
+        assert kept and all(c.kwargs["BLOCK_M"] <= 64 for c in kept)
+        assert kept == tc.kept_configs(full, kind, 32, torch.float16, "ieee", 64, tc._device_capability())
+
+
 def test_autotune_off_prunes_to_one_config(monkeypatch):
     monkeypatch.setenv("HF_SPARSE_TRITON_AUTOTUNE", "0")
     assert _pruned("fwd", 4096, 32, torch.float16) == [tc.DEFAULT_CONFIG]
