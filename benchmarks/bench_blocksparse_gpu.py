@@ -6,7 +6,10 @@ Run (CUDA machine): ``python benchmarks/bench_blocksparse_gpu.py [--dtype float1
 For every layer shape (768x3072 and 3072x768, ``nn.Linear`` ``[out, in]``), token count, block size and density it
 times ``y = layer(x); y.backward(g)`` through `hf_sparse.kernels.triton_blocksparse` (forward, dX and dW over
 active blocks) and through ``F.linear`` on the dense weight (cuBLAS), with CUDA events, and prints
-``dense / sparse`` (> 1 means the block-sparse layer is faster). Without CUDA it prints why and exits 0.
+``dense / sparse`` (> 1 means the block-sparse layer is faster), followed by the launch config the autotuner
+picked for each kernel (forward, dX, dW) at that shape. Autotuning happens in the warm-up calls and is not timed
+(``HF_SPARSE_TRITON_AUTOTUNE=0`` times one fixed config per kernel instead). Without CUDA it prints why and
+exits 0.
 """
 
 from __future__ import annotations
@@ -55,7 +58,8 @@ def main() -> int:
 
     dtype = getattr(torch, args.dtype)
     print(f"{torch.cuda.get_device_name()}, {args.dtype}, fwd+bwd ms; speedup = dense / block-sparse")
-    print(f"{'out x in':>10}{'tokens':>8}{'block':>6}{'density':>8}{'dense ms':>10}{'sparse ms':>10}{'speedup':>9}")
+    print(f"{'out x in':>10}{'tokens':>8}{'block':>6}{'density':>8}{'dense ms':>10}{'sparse ms':>10}{'speedup':>9}"
+          "  autotuned configs (fwd | dx | dw)")
     for out_f, in_f in SHAPES:
         for tokens in args.tokens:
             x = torch.randn(tokens, in_f, device="cuda", dtype=dtype, requires_grad=True)
@@ -70,8 +74,10 @@ def main() -> int:
                     layer = SparseLinear.from_dense(nn.Linear(in_f, out_f, device="cuda", dtype=dtype), mask,
                                                     structure)
                     sparse_ms = _time_ms(lambda: tb.block_sparse_forward(layer, x).backward(grad), args.repeats)
+                    chosen = tb.chosen_configs()  # what the timed calls ran with (set on every launch)
+                    configs = " | ".join(chosen.get(k, "-") for k in ("fwd", "dx", "dw"))
                     print(f"{out_f:>5}x{in_f:<4}{tokens:>8}{block:>6}{density:>8.2f}{dense_ms:>10.3f}"
-                          f"{sparse_ms:>10.3f}{dense_ms / sparse_ms:>8.2f}x", flush=True)
+                          f"{sparse_ms:>10.3f}{dense_ms / sparse_ms:>8.2f}x  {configs}", flush=True)
     return 0
 
 

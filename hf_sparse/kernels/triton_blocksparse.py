@@ -2,18 +2,21 @@
 
 Three kernels, each touching only active blocks (``W`` in ``nn.Linear`` layout ``[out, in]``, ``X`` ``[M, in]``):
 
-- forward ``Y = X W^T (+ b)``: one program per (token tile, output block row) walks that row's active block
-  columns (CSR-like ``row_ptr`` / ``col_idx``); a row without active blocks just writes the bias;
-- ``dX = dY W``: one program per (token tile, input block column) walks that column's active block rows (the
-  transposed layout ``col_ptr`` / ``row_idx``);
+- forward ``Y = X W^T (+ b)``: one program per (token tile, *non-empty* output block row) walks that row's active
+  block columns (CSR-like ``row_ptr`` / ``col_idx``); the columns of empty block rows get the bias (or zeros) from
+  one indexed torch write, issued only when there are such rows;
+- ``dX = dY W``: one program per (token tile, *non-empty* input block column) walks that column's active block
+  rows (the transposed layout ``col_ptr`` / ``row_idx``); empty block columns are zero-filled in one write;
 - ``dW``: one program per (*active* block, token split) reduces ``dY_blk^T X_blk`` over its tokens; the fp32
   partial sums are added up and scattered into the gradient; inactive blocks are never computed (the returned
   gradient is zero there, as the always-sparse convention demands).
 
-Weights are read straight from the dense ``Parameter`` through its strides (``Conv1D``'s ``[in, out]`` weight is
-its transpose view), so nothing is packed and optimizer updates are seen immediately. Products accumulate in
-fp32 for fp16 / bf16 / fp32 inputs. The `BlockLayout` is rebuilt from the mask whenever the mask buffer changes
-(its in-place version counter moves, e.g. after ``set_mask_``), or on `refresh_layout_`.
+Launch configurations (token tile ``BLOCK_M``, warps, pipeline stages) are autotuned on a GPU over a pruned space
+(`triton_configs`); under the interpreter a single fixed config is used. Weights are read straight from the dense
+``Parameter`` through its strides (``Conv1D``'s ``[in, out]`` weight is its transpose view), so nothing is packed
+and optimizer updates are seen immediately. Products accumulate in fp32 for fp16 / bf16 / fp32 inputs. The
+`BlockLayout` is rebuilt from the mask whenever the mask buffer changes (its in-place version counter moves, e.g.
+after ``set_mask_``), or on `refresh_layout_`.
 
 On CPU the kernels run under Triton's interpreter (``TRITON_INTERPRET=1`` set before this module is imported) — that
 is how the tests check them against the dense masked reference; real speed needs CUDA. The kernels use only
@@ -25,13 +28,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
 from ..layers import SparseConv1D, SparseMixin
+from . import triton_configs as tc
 
 SUPPORTED_BLOCK_SIZES = (16, 32, 64)
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -40,6 +44,14 @@ SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 def interpreter_active() -> bool:
     """Whether Triton kernels run in its CPU interpreter (``TRITON_INTERPRET=1`` when Triton was imported)."""
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+_CONFIGS = tc.candidate_configs(interpreter_active())
+# The autotuner re-tunes when one of these kernel arguments changes (it adds the tensors' dtypes itself). The
+# M_BUCKET, NNZB_BUCKET and LINES arguments exist only for it: the token count and the number of active blocks
+# rounded up to powers of two, and the weight's block rows (fwd, dW) / block columns (dX). They are fixed for a
+# layer under dynamic sparse training (exact counts), so mask updates never trigger re-tuning.
+_TUNE_KEY = ["M_BUCKET", "NNZB_BUCKET", "LINES", "BS"]
 
 
 @dataclass
@@ -54,6 +66,10 @@ class BlockLayout:
         row_of: ``[nnzb]`` int32 block row of each entry of ``col_idx`` (the dW kernel's work list).
         col_ptr: ``[in/B + 1]`` int32 offsets into ``row_idx``.
         row_idx: ``[nnzb]`` int32 block rows, column-major order.
+        rows_nz: int32 block rows with at least one active block (the forward kernel's work list).
+        rows_empty: int64 block rows without active blocks.
+        cols_nz: int32 block columns with at least one active block (the dX kernel's work list).
+        cols_empty: int64 block columns without active blocks.
     """
 
     block_size: int
@@ -63,6 +79,10 @@ class BlockLayout:
     row_of: torch.Tensor
     col_ptr: torch.Tensor
     row_idx: torch.Tensor
+    rows_nz: torch.Tensor
+    rows_empty: torch.Tensor
+    cols_nz: torch.Tensor
+    cols_empty: torch.Tensor
 
     @property
     def num_blocks(self) -> int:
@@ -93,22 +113,31 @@ class BlockLayout:
         r, c = blocks.nonzero(as_tuple=True)
         ct, rt = blocks.t().nonzero(as_tuple=True)
         i32 = dict(dtype=torch.int32, device=mask.device)
+        row_counts = torch.bincount(r, minlength=rows)
+        col_counts = torch.bincount(ct, minlength=cols)
 
-        def offsets(index: torch.Tensor, n: int) -> torch.Tensor:
-            ptr = torch.zeros(n + 1, **i32)
-            ptr[1:] = torch.cumsum(torch.bincount(index, minlength=n), 0)
+        def offsets(counts: torch.Tensor) -> torch.Tensor:
+            ptr = torch.zeros(counts.numel() + 1, **i32)
+            ptr[1:] = torch.cumsum(counts, 0)
             return ptr
 
-        return cls(block_size, (out_f, in_f), offsets(r, rows), c.to(torch.int32), r.to(torch.int32),
-                   offsets(ct, cols), rt.to(torch.int32))
+        return cls(block_size, (out_f, in_f), offsets(row_counts), c.to(torch.int32), r.to(torch.int32),
+                   offsets(col_counts), rt.to(torch.int32),
+                   rows_nz=(row_counts > 0).nonzero().flatten().to(torch.int32),
+                   rows_empty=(row_counts == 0).nonzero().flatten(),
+                   cols_nz=(col_counts > 0).nonzero().flatten().to(torch.int32),
+                   cols_empty=(col_counts == 0).nonzero().flatten())
 
 
+@triton.autotune(configs=_CONFIGS, key=_TUNE_KEY,
+                 prune_configs_by={"early_config_prune": tc.make_prune("fwd", "x_ptr")})
 @triton.jit
-def _fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, row_ptr, col_idx, M,
+def _fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, row_ptr, col_idx, rows_nz, M, M_BUCKET, NNZB_BUCKET, LINES,
                 stride_xm, stride_xk, stride_wn, stride_wk, stride_ym, stride_yn,
-                HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+                HAS_BIAS: tl.constexpr, BS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+                BLOCK_M: tl.constexpr):
     pid_m = tl.program_id(0)
-    r = tl.program_id(1)
+    r = tl.load(rows_nz + tl.program_id(1))  # only block rows with active blocks get a program
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_b = tl.arange(0, BS)
     m_ok = offs_m[:, None] < M
@@ -128,12 +157,14 @@ def _fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, row_ptr, col_idx, M,
     tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=m_ok)
 
 
+@triton.autotune(configs=_CONFIGS, key=_TUNE_KEY,
+                 prune_configs_by={"early_config_prune": tc.make_prune("dx", "dy_ptr")})
 @triton.jit
-def _dx_kernel(dy_ptr, w_ptr, dx_ptr, col_ptr, row_idx, M,
+def _dx_kernel(dy_ptr, w_ptr, dx_ptr, col_ptr, row_idx, cols_nz, M, M_BUCKET, NNZB_BUCKET, LINES,
                stride_dym, stride_dyn, stride_wn, stride_wk, stride_dxm, stride_dxk,
-               BLOCK_M: tl.constexpr, BS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+               BS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr):
     pid_m = tl.program_id(0)
-    c = tl.program_id(1)
+    c = tl.load(cols_nz + tl.program_id(1))  # only block columns with active blocks get a program
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_b = tl.arange(0, BS)
     m_ok = offs_m[:, None] < M
@@ -152,18 +183,23 @@ def _dx_kernel(dy_ptr, w_ptr, dx_ptr, col_ptr, row_idx, M,
     tl.store(dx, acc.to(dx_ptr.dtype.element_ty), mask=m_ok)
 
 
+@triton.autotune(configs=_CONFIGS, key=_TUNE_KEY,
+                 prune_configs_by={"early_config_prune": tc.make_prune("dw", "x_ptr")})
 @triton.jit
-def _dw_kernel(dy_ptr, x_ptr, part_ptr, row_of, col_idx, M, NNZB, TILES_PER_SPLIT,
+def _dw_kernel(dy_ptr, x_ptr, part_ptr, row_of, col_idx, M, M_BUCKET, NNZB_BUCKET, LINES, NNZB,
+               TOKENS_PER_SPLIT,
                stride_dym, stride_dyn, stride_xm, stride_xk,
-               BLOCK_M: tl.constexpr, BS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+               BS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr):
     b = tl.program_id(0)
     split = tl.program_id(1)
     r = tl.load(row_of + b)
     c = tl.load(col_idx + b)
     offs_b = tl.arange(0, BS)
     acc = tl.full((BS, BS), 0.0, tl.float32)
-    m_begin = split * TILES_PER_SPLIT * BLOCK_M
-    m_end = tl.minimum(M, m_begin + TILES_PER_SPLIT * BLOCK_M)
+    # TOKENS_PER_SPLIT is a multiple of every BLOCK_M candidate, so the split count (and the partial-sum buffer)
+    # does not depend on the config the autotuner picks.
+    m_begin = split * TOKENS_PER_SPLIT
+    m_end = tl.minimum(M, m_begin + TOKENS_PER_SPLIT)
     for m0 in range(m_begin, m_end, BLOCK_M):
         offs_m = m0 + tl.arange(0, BLOCK_M)
         m_ok = offs_m[:, None] < m_end
@@ -178,16 +214,16 @@ def _dw_kernel(dy_ptr, x_ptr, part_ptr, row_of, col_idx, M, NNZB, TILES_PER_SPLI
     tl.store(part, acc)
 
 
-def _dw_splits(tiles: int, num_blocks: int, device: torch.device) -> int:
+def _dw_splits(tokens: int, num_blocks: int, device: torch.device) -> Tuple[int, int]:
+    """``(splits, tokens_per_split)`` of the dW token reduction; ``tokens_per_split`` is a multiple of the
+    largest ``BLOCK_M``."""
     # One program per active block leaves most of the GPU idle at high sparsity (e.g. 58 blocks of 64x64 at 90%),
     # so the token reduction is split until there are a few programs per SM.
     units = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 2
-    return max(1, min(tiles, triton.cdiv(4 * units, max(num_blocks, 1))))
-
-
-def _block_m(tokens: int) -> int:
-    # tl.dot needs tiles of at least 16; 64 rows keep the GPU busy without spilling a 64x64 fp32 accumulator.
-    return max(16, min(64, triton.next_power_of_2(max(tokens, 1))))
+    quantum = max(tc.BLOCK_MS)
+    splits = max(1, min(triton.cdiv(tokens, quantum), triton.cdiv(4 * units, max(num_blocks, 1))))
+    per_split = triton.cdiv(triton.cdiv(tokens, splits), quantum) * quantum
+    return triton.cdiv(tokens, per_split), per_split
 
 
 def _dot_options(dtype: torch.dtype) -> dict:
@@ -199,6 +235,36 @@ def _dot_options(dtype: torch.dtype) -> dict:
     return dict(PRECISION=precision, UPCAST=upcast)
 
 
+def _tune_key(tokens: int, layout: BlockLayout, dim: int) -> Tuple[int, int, int, int]:
+    """``M, M_BUCKET, NNZB_BUCKET, LINES`` kernel arguments (see `_TUNE_KEY`)."""
+    return (tokens, tc.bucket(tokens), tc.bucket(layout.num_blocks),
+            layout.shape[dim] // layout.block_size)
+
+
+def _fwd_launch(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], y: torch.Tensor,
+                layout: BlockLayout) -> Tuple[tuple, dict]:
+    """Positional arguments and constexprs of `_fwd_kernel` (shared by the launch and the compile check)."""
+    args = (x, weight, bias if bias is not None else y, y, layout.row_ptr, layout.col_idx, layout.rows_nz,
+            *_tune_key(x.shape[0], layout, 0), x.stride(0), x.stride(1), weight.stride(0), weight.stride(1),
+            y.stride(0), y.stride(1))
+    return args, dict(HAS_BIAS=bias is not None, BS=layout.block_size, **_dot_options(x.dtype))
+
+
+def _dx_launch(dy: torch.Tensor, weight: torch.Tensor, dx: torch.Tensor, layout: BlockLayout) -> Tuple[tuple, dict]:
+    """Positional arguments and constexprs of `_dx_kernel`."""
+    args = (dy, weight, dx, layout.col_ptr, layout.row_idx, layout.cols_nz, *_tune_key(dy.shape[0], layout, 1),
+            dy.stride(0), dy.stride(1), weight.stride(0), weight.stride(1), dx.stride(0), dx.stride(1))
+    return args, dict(BS=layout.block_size, **_dot_options(dy.dtype))
+
+
+def _dw_launch(dy: torch.Tensor, x: torch.Tensor, part: torch.Tensor, layout: BlockLayout,
+               tokens_per_split: int) -> Tuple[tuple, dict]:
+    """Positional arguments and constexprs of `_dw_kernel`."""
+    args = (dy, x, part, layout.row_of, layout.col_idx, *_tune_key(x.shape[0], layout, 0), layout.num_blocks,
+            tokens_per_split, dy.stride(0), dy.stride(1), x.stride(0), x.stride(1))
+    return args, dict(BS=layout.block_size, **_dot_options(x.dtype))
+
+
 class BlockSparseLinearFunction(torch.autograd.Function):
     """``y = x W^T + b`` over the active blocks of ``layout``; ``x`` is 2-D ``[M, in]``, ``weight`` ``[out, in]``
     (any strides). Gradients: ``dx`` over active blocks, ``dW`` only for active blocks (zero elsewhere; returned
@@ -206,15 +272,14 @@ class BlockSparseLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], layout: BlockLayout):
-        M = x.shape[0]
-        out_f = weight.shape[0]
-        bs = layout.block_size
+        M, out_f, bs = x.shape[0], weight.shape[0], layout.block_size
         y = torch.empty(M, out_f, dtype=x.dtype, device=x.device)
-        block_m = _block_m(M)
-        grid = (triton.cdiv(M, block_m), out_f // bs)
-        _fwd_kernel[grid](x, weight, bias if bias is not None else y, y, layout.row_ptr, layout.col_idx, M,
-                          x.stride(0), x.stride(1), weight.stride(0), weight.stride(1), y.stride(0), y.stride(1),
-                          HAS_BIAS=bias is not None, BLOCK_M=block_m, BS=bs, **_dot_options(x.dtype))
+        if layout.rows_nz.numel():
+            args, meta = _fwd_launch(x, weight, bias, y, layout)
+            _fwd_kernel[lambda META: (triton.cdiv(M, META["BLOCK_M"]), layout.rows_nz.numel())](*args, **meta)
+        if layout.rows_empty.numel():  # output columns no active block reaches: bias (or zero) only
+            fill = 0.0 if bias is None else bias.reshape(-1, bs)[layout.rows_empty]
+            y.view(M, -1, bs)[:, layout.rows_empty] = fill
         ctx.save_for_backward(x, weight)
         ctx.layout = layout
         ctx.has_bias = bias is not None
@@ -225,34 +290,39 @@ class BlockSparseLinearFunction(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         layout: BlockLayout = ctx.layout
         dy = dy.contiguous()
-        M = x.shape[0]
-        bs = layout.block_size
-        block_m = _block_m(M)
-        options = _dot_options(x.dtype)
+        M, bs = x.shape[0], layout.block_size
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
             dx = torch.empty_like(x, memory_format=torch.contiguous_format)
-            grid = (triton.cdiv(M, block_m), weight.shape[1] // bs)
-            _dx_kernel[grid](dy, weight, dx, layout.col_ptr, layout.row_idx, M,
-                             dy.stride(0), dy.stride(1), weight.stride(0), weight.stride(1), dx.stride(0),
-                             dx.stride(1), BLOCK_M=block_m, BS=bs, **options)
+            if layout.cols_nz.numel():
+                args, meta = _dx_launch(dy, weight, dx, layout)
+                _dx_kernel[lambda META: (triton.cdiv(M, META["BLOCK_M"]), layout.cols_nz.numel())](*args, **meta)
+            if layout.cols_empty.numel():  # inputs that feed no active block get no gradient
+                dx.view(M, -1, bs)[:, layout.cols_empty] = 0.0
         if ctx.needs_input_grad[1]:
             out_f, in_f = weight.shape
             dw = torch.zeros(out_f, in_f, dtype=weight.dtype, device=weight.device)
             if layout.num_blocks:
-                tiles = triton.cdiv(M, block_m)
-                splits = _dw_splits(tiles, layout.num_blocks, x.device)
-                per_split = triton.cdiv(tiles, splits)
-                splits = triton.cdiv(tiles, per_split)
+                splits, per_split = _dw_splits(M, layout.num_blocks, x.device)
                 part = torch.empty(splits, layout.num_blocks, bs, bs, dtype=torch.float32, device=x.device)
-                _dw_kernel[(layout.num_blocks, splits)](dy, x, part, layout.row_of, layout.col_idx, M,
-                                                        layout.num_blocks, per_split, dy.stride(0), dy.stride(1),
-                                                        x.stride(0), x.stride(1), BLOCK_M=block_m, BS=bs, **options)
+                args, meta = _dw_launch(dy, x, part, layout, per_split)
+                _dw_kernel[(layout.num_blocks, splits)](*args, **meta)
                 blocks = dw.view(out_f // bs, bs, in_f // bs, bs).permute(0, 2, 1, 3)
-                blocks[layout.row_of.long(), layout.col_idx.long()] = part.sum(0).to(dw.dtype)
+                total = part[0] if splits == 1 else part.sum(0)
+                blocks[layout.row_of.long(), layout.col_idx.long()] = total.to(dw.dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = dy.sum(0, dtype=torch.float32).to(dy.dtype)
         return dx, dw, db, None
+
+
+def chosen_configs() -> Dict[str, str]:
+    """The launch config each kernel used last (after autotuning on a GPU), e.g. for benchmark reports.
+
+    Returns:
+        ``{"fwd": "BLOCK_M=64 warps=4 stages=2", "dx": ..., "dw": ...}``; kernels not launched yet are absent.
+    """
+    kernels = {"fwd": _fwd_kernel, "dx": _dx_kernel, "dw": _dw_kernel}
+    return {name: tc.describe(k.best_config) for name, k in kernels.items() if getattr(k, "best_config", None)}
 
 
 def _linear_layout(layer: SparseMixin) -> Tuple[torch.Tensor, torch.Tensor]:
