@@ -108,9 +108,9 @@ def test_csr_kernel_with_column_chunks_equals_dense(chunk):
     torch.testing.assert_close(yp, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_wide_layer_uses_column_chunks():
+def test_layer_uses_column_chunks():
     spmm = _spmm()
-    in_f = spmm.CSR_SINGLE_CHUNK + 64
+    in_f = 3 * spmm.CSR_COLUMN_CHUNK + 64
     weight = torch.randn(8, in_f) * (torch.rand(8, in_f) < 0.1)
     layer = SparseInferenceLinear(weight, None, "numba_csr")
     assert layer._arrays[0].shape[0] == 8 * -(-in_f // spmm.CSR_COLUMN_CHUNK) + 1

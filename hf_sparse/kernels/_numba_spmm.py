@@ -3,15 +3,17 @@
 Both kernels compute ``Y = X @ W.T`` for a sparse ``W`` ``[out, in]`` and a dense activation ``X`` ``[tokens, in]``.
 The activation is first *packed* into panels of ``P`` tokens, ``xp[c, k, :] = X[c * P : (c+1) * P, k]``: every
 output row streams its non-zeros over one panel, and the innermost loop is a contiguous ``P``-wide multiply-add
-that LLVM turns into AVX-512 / AVX2 FMAs. Wide panels pay: the sparse weight is re-read once per panel, so on the
-2-core AMD EPYC dev box (768x3072 layers, 1024 tokens, 90% sparse, one thread) CSR went 3.0x -> 4-5.9x faster
-than dense from P=64 to P=128 and BSR 16x16 5.0x -> 7-9x from P=64 to P=256 (P=16/32 lose to dense); `panel_width`
-narrows the panel for short inputs so little work is wasted on padding. Non-zeros are consumed eight (then four) at a time so
-the output row is read and written once per eight products (a loop over single non-zeros is bound by the
-store-to-load round trip of the accumulator, ~2x slower; eight instead of four was up to 1.3x faster on the
-768-wide BERT-Base layers, measured). The accumulator starts at the bias, which costs nothing here and spares a
-pass over the output.
-Work is split over ``(panel, output row)`` pairs with ``prange``, so both cores stay busy at any token count.
+that LLVM turns into AVX-512 / AVX2 FMAs. Wide panels pay because the sparse weight is re-read once per panel; the
+CSR kernel also splits the input into column chunks so the slice of the panel it streams stays in L2 (one thread,
+90% unstructured, BERT-Base shapes, 1024 tokens: P=128 unchunked 3.1-4.3x faster than dense, P=256 with 128-column
+chunks 4.0-5.0x; in a 6-layer encoder 4.8x -> 5.4x on one thread, 1.7x -> 2.1x at 75% on two; P=16-64 lose).
+BSR 16x16 went 5.0x -> 7-9x from P=64 to P=256. `panel_width` narrows the panel for short inputs so little work
+is wasted on padding. Non-zeros are consumed eight (then four) at a time so the output row is read and written
+once per eight products (a loop over single non-zeros is bound by the store-to-load round trip of the
+accumulator, ~2x slower; eight instead of four was up to 1.3x faster on 768-wide layers, measured). The
+accumulator starts at the bias, which costs nothing here and spares a pass over the output.
+Work is split over ``(panel, group of output rows)`` pairs with ``prange``, so both cores stay busy at any token
+count.
 """
 
 from __future__ import annotations
@@ -21,16 +23,13 @@ import torch
 from numba import njit, prange
 
 #: Widest token panel per kernel (measured best, see above); ``panel_width`` picks the width for an input.
-CSR_PANEL = 128
+CSR_PANEL = 256
 BSR_PANEL = 256
 #: Output rows per parallel task of the CSR kernel; they share the activation chunk it has in cache.
 ROW_GROUP = 256
-#: Input columns per chunk of the CSR kernel for wide inputs: a 128-token panel of 256 inputs is 128 KiB, which
-#: stays in a core's L2 while a row group streams it. Inputs up to ``CSR_SINGLE_CHUNK`` wide fit whole and are
-#: not split. (768x3072 layer, 90%, one thread: 3.8x -> 4.7x faster than dense with chunks; 768-wide inputs
-#: unchanged, measured.)
-CSR_COLUMN_CHUNK = 256
-CSR_SINGLE_CHUNK = 1024
+#: Input columns per chunk of the CSR kernel: 128 inputs of a 256-token panel are 128 KiB, which stay in a core's
+#: L2 while a row group streams them (64 is worse: more passes over the accumulators; see the module docstring).
+CSR_COLUMN_CHUNK = 128
 # Reassociation lets LLVM keep the four products of one step in registers; results differ from a dense GEMM only
 # by fp32 rounding order (the tests bound it).
 _FASTMATH = {"contract", "nnan", "ninf", "nsz", "arcp", "reassoc"}

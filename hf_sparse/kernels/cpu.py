@@ -113,8 +113,7 @@ class SparseInferenceLinear(nn.Module):
             self._weight = weight.to_sparse_bsr((block_size, block_size))
         elif method == "numba_csr":
             spmm = _load_numba()[1]
-            chunk = self.in_features if self.in_features <= spmm.CSR_SINGLE_CHUNK else spmm.CSR_COLUMN_CHUNK
-            self._arrays = spmm.chunked_csr(weight, chunk)
+            self._arrays = spmm.chunked_csr(weight, spmm.CSR_COLUMN_CHUNK)
         else:
             bsr = weight.to_sparse_bsr((block_size, block_size))
             self._arrays = (bsr.crow_indices().to(torch.int32).numpy(), bsr.col_indices().to(torch.int32).numpy(),
