@@ -318,3 +318,25 @@ def test_gpu_benchmark_skips_without_cuda():
                          text=True, timeout=120, cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)})
     assert out.returncode == 0, out.stderr
     assert "skipped, CUDA is not available" in out.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU smoke run of the end-to-end mode")
+def test_gpu_benchmark_model_mode_runs_on_the_interpreter():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, str(repo / "benchmarks" / "bench_blocksparse_gpu.py"), "--model", "--device", "cpu",
+           "--hidden", "32", "--layers", "1", "--heads", "2", "--vocab", "50", "--batch", "2", "--seq", "16",
+           "--blocks", "16", "--densities", "0.5", "--repeats", "1", "--dtype", "float32"]
+    env = {**os.environ, "PYTHONPATH": str(repo), "TRITON_INTERPRET": "1"}
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=repo, env=env)
+    assert out.returncode == 0, out.stderr
+    row = next(line for line in out.stdout.splitlines() if line.startswith("block 16x16"))
+    dense_ms, masked_ms, kernel_ms = (float(v) for v in row.split()[3:6])
+    assert min(dense_ms, masked_ms, kernel_ms) > 0
+    env["TRITON_INTERPRET"] = "0"
+    refused = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=repo, env=env)
+    assert refused.returncode == 2 and "needs TRITON_INTERPRET=1" in refused.stdout
