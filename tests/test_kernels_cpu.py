@@ -169,3 +169,17 @@ def test_without_numba_falls_back_to_pytorch_representations():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO,
                          env={**os.environ, "PYTHONPATH": str(REPO)})
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr
+
+
+def test_dense_kept_unless_a_sparse_format_wins_clearly(monkeypatch):
+    from hf_sparse.kernels import cpu
+
+    timings = {"dense": 1.0, "torch_csr": 0.97}  # 3% faster: inside the noise margin
+    monkeypatch.setattr(cpu, "time_round_robin", lambda calls, repeats: {m: timings[m] for m in calls})
+    model = _tiny_bert(sparsity=0.5)
+    choices = to_cpu_inference_(model, methods=["dense", "torch_csr"], calibration_tokens=16, repeats=1)
+    assert {c.method for c in choices.values()} == {"dense"}
+    timings["torch_csr"] = 1.0 / (cpu.MIN_SPEEDUP + 0.01)
+    model = _tiny_bert(sparsity=0.5)
+    choices = to_cpu_inference_(model, methods=["dense", "torch_csr"], calibration_tokens=16, repeats=1)
+    assert {c.method for c in choices.values()} == {"torch_csr"}
