@@ -21,7 +21,7 @@ import torch
 
 from hf_sparse.metrics import DEFAULT_THRESHOLDS, count_below
 from hf_sparse.regularizers import GroupLasso, PNormWeightDecay
-from hf_sparse.weight_correlation import lagged_correlation
+from hf_sparse.metrics import lagged_correlation
 
 SHAPES = [(768, 768)] * 4 + [(3072, 768), (768, 3072)]
 

@@ -18,7 +18,7 @@ from transformers import BertConfig, BertForMaskedLM
 
 from hf_sparse.config import SparsityConfig
 from hf_sparse.patching import sparsify_
-from hf_sparse.train_flops import StepFlopsAccumulator
+from hf_sparse.flops import StepFlopsAccumulator
 
 
 def cpu_time(fn, repeat):

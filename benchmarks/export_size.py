@@ -15,7 +15,7 @@ from transformers import BertConfig, BertForMaskedLM
 
 import hf_sparse
 from hf_sparse import checkpoint
-from hf_sparse.export import export
+from hf_sparse.checkpoint import export
 
 
 def main() -> None:

@@ -8,114 +8,22 @@ and the model is exactly as it was.
 from __future__ import annotations
 
 import logging
-import re
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional
 
 import torch
 from torch import nn
 
 from .config import SparsityConfig
-from .distributions import erk_densities, uniform_densities
+from .structure import erk_densities, uniform_densities
 from .layers import SparseMixin, is_sparse_module, sparse_class_for
+from .targets import DEFAULT_TARGET_MODULES, find_target_modules  # noqa: F401 - re-exported (old home)
 from .structure import MaskStructure, check_fits, make_generator, random_mask, select_mask
 
 logger = logging.getLogger(__name__)
 
-# Default targets per `config.model_type`: every Linear of the encoder / decoder blocks. Embeddings, the tied
-# MLM / LM heads, the pooler and task heads stay dense (DynSparse paper: "non-embedding weights").
-_BERT_LIKE = r"(.*\.)?encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)"
-DEFAULT_TARGET_MODULES: Dict[str, str] = {
-    "bert": _BERT_LIKE,
-    "roberta": _BERT_LIKE,
-    "gpt2": r"(.*\.)?h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)",
-}
-ALL_LINEAR = "all-linear"
-
-
 def sparse_modules(model: nn.Module) -> Dict[str, SparseMixin]:
     """All hf_sparse sparse layers of ``model``, by qualified name, in module order."""
     return {name: m for name, m in model.named_modules() if is_sparse_module(m)}
-
-
-def _matches(name: str, spec: Union[str, List[str]]) -> bool:
-    if isinstance(spec, str):
-        return re.fullmatch(spec, name) is not None
-    return any(name == item or name.endswith("." + item) for item in spec)
-
-
-def _compile_regex(spec, field_name: str) -> None:
-    if isinstance(spec, str) and spec != ALL_LINEAR:
-        try:
-            re.compile(spec)
-        except re.error as err:
-            raise ValueError(f"{field_name}={spec!r} is not a valid regular expression: {err}.") from err
-
-
-def _all_linear(model: nn.Module) -> Dict[str, nn.Module]:
-    """Every Linear / Conv1D inside the base model (task heads live outside it) except the output embedding."""
-    base = getattr(model, "base_model", model)
-    prefix = next((n for n, m in model.named_modules() if m is base), "")
-    out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    return {
-        name: m
-        for name, m in model.named_modules()
-        if sparse_class_for(m) is not None
-        and m is not out_emb
-        and (not prefix or name.startswith(prefix + "."))
-    }
-
-
-def find_target_modules(model: nn.Module, config: SparsityConfig) -> Dict[str, nn.Module]:
-    """Resolves ``config.target_modules`` / ``exclude_modules`` on ``model`` without changing it.
-
-    Args:
-        model: Any ``nn.Module``; a transformers model for the per-model-type defaults.
-        config: The sparsity config.
-
-    Returns:
-        Target modules by qualified name, in module order.
-
-    Raises:
-        ValueError: when a pattern matches nothing, matches a module that is neither ``nn.Linear`` nor
-            ``Conv1D``, or no defaults exist for the model type.
-
-    Example:
-        >>> names = list(find_target_modules(model, SparsityConfig(target_modules=["query", "value"])))
-    """
-    spec = config.target_modules
-    _compile_regex(spec, "target_modules")
-    _compile_regex(config.exclude_modules, "exclude_modules")
-    if spec is None:
-        model_type = getattr(getattr(model, "config", None), "model_type", None)
-        if model_type not in DEFAULT_TARGET_MODULES:
-            raise ValueError(
-                f"No default target modules for model_type={model_type!r} (known: "
-                f"{', '.join(sorted(DEFAULT_TARGET_MODULES))}); pass target_modules (a regex, a list of "
-                f"names, or {ALL_LINEAR!r})."
-            )
-        spec = DEFAULT_TARGET_MODULES[model_type]
-    if spec == ALL_LINEAR:
-        targets = _all_linear(model)
-    else:
-        targets = {name: m for name, m in model.named_modules() if name and _matches(name, spec)}
-        items = [spec] if isinstance(spec, str) else spec
-        unmatched = [
-            item for item in items
-            if not any(_matches(name, item if isinstance(spec, str) else [item]) for name in targets)
-        ]
-        if unmatched:
-            raise ValueError(f"target_modules entries {unmatched!r} matched no module of {type(model).__name__}.")
-        wrong = {name: type(m).__name__ for name, m in targets.items() if sparse_class_for(m) is None}
-        if wrong:
-            raise ValueError(
-                f"target_modules matched modules that are not nn.Linear or Conv1D: {wrong}; "
-                "narrow the pattern (module names must match in full for a regex)."
-            )
-    if config.exclude_modules is not None:
-        targets = {n: m for n, m in targets.items() if not _matches(n, config.exclude_modules)}
-    if not targets:
-        raise ValueError(f"No target modules left in {type(model).__name__} after exclude_modules.")
-    return targets
 
 
 def _layer_densities(targets: Dict[str, nn.Module], config: SparsityConfig) -> Dict[str, float]:
@@ -191,7 +99,7 @@ def sparsify_(model: nn.Module, config: SparsityConfig) -> nn.Module:
             sparse = sparse_class_for(module).from_dense(module, mask, structure, density)
             sparse.weight.masked_fill_(~mask, 0)
             _set_submodule(model, name, sparse)
-    model._hf_sparse_config = config
+    set_sparsity_config(model, config)
     logger.info(
         "Sparsified %d modules of %s: %s, sparsity %.4f (%s).",
         len(plan), type(model).__name__, structure.describe(), config.sparsity, config.distribution,
@@ -216,8 +124,7 @@ def densify_(model: nn.Module) -> nn.Module:
         raise ValueError(f"{type(model).__name__} has no sparse modules to densify.")
     for name, module in found.items():
         _set_submodule(model, name, module.to_dense())
-    if hasattr(model, "_hf_sparse_config"):
-        del model._hf_sparse_config
+    set_sparsity_config(model, None)
     logger.info("Densified %d modules of %s.", len(found), type(model).__name__)
     return model
 
@@ -243,9 +150,48 @@ def set_straight_through_(model: nn.Module, enabled: bool = True, modules: Optio
     return names
 
 
+# The one place that reads or writes the sparsity state recorded on a model: everything else (Sparse-IFT,
+# checkpoints, the controller, exports) goes through these two functions.
+_STATE_ATTR = "_hf_sparse_config"
+
+
 def get_sparsity_config(model: nn.Module) -> Optional[SparsityConfig]:
-    """The `SparsityConfig` the model was sparsified with, or ``None``."""
-    return getattr(model, "_hf_sparse_config", None)
+    """The `SparsityConfig` recorded on ``model`` (set by `sparsify_`, a sparse load or `set_sparsity_config`).
+
+    Args:
+        model: Any ``nn.Module``.
+
+    Returns:
+        The config, or ``None`` when the model was never sparsified (or was densified).
+
+    Example:
+        >>> sparsify_(model, SparsityConfig(sparsity=0.9))
+        >>> get_sparsity_config(model).sparsity
+        0.9
+    """
+    return getattr(model, _STATE_ATTR, None)
+
+
+def set_sparsity_config(model: nn.Module, config: Optional[SparsityConfig]) -> None:
+    """Records ``config`` as the `SparsityConfig` of ``model`` (``None`` removes the record).
+
+    Used when the sparse modules were built by something other than `sparsify_` (a checkpoint load, Sparse-IFT,
+    a controller that starts GMP denser than its target) so that checkpoints and reports describe the run.
+
+    Args:
+        model: The model.
+        config: The config to record, or ``None``.
+
+    Example:
+        >>> set_sparsity_config(model, SparsityConfig(sparsity=0.9))
+    """
+    if config is None:
+        if hasattr(model, _STATE_ATTR):
+            delattr(model, _STATE_ATTR)
+        return
+    if not isinstance(config, SparsityConfig):
+        raise TypeError(f"config must be a SparsityConfig or None, got {type(config).__name__}.")
+    setattr(model, _STATE_ATTR, config)
 
 
 def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:

@@ -280,13 +280,12 @@ def static_config(dynamic: Optional[DynamicSparsityConfig]) -> DynamicSparsityCo
 
 def make_trainer(model, args, sparse_needed: bool, sparsity_config=None, dynamic_config=None, mean_loss=False,
                  regularizer: Optional[RegularizerConfig] = None, **kwargs):
-    """`hf_sparse.SparseTrainer` when the model is (or becomes) sparse, else a plain ``transformers.Trainer``.
+    """`hf_sparse.SparseTrainer` when the model is (or becomes) sparse or is regularized, else a plain ``Trainer``.
 
     Args:
-        regularizer: A sparsifying regularizer: decoupled ones run after each optimizer step
-            (`hf_sparse.RegularizerCallback`), coupled ones add their penalty to the loss
-            (`hf_sparse.regularizers.RegularizedLossMixin`); STR / spred install their reparametrisation here,
-            before the optimizer exists, and `save_final` folds them back.
+        regularizer: A sparsifying regularizer, applied by `hf_sparse.SparseTrainer` (``regularizers=``): coupled
+            ones add their penalty to the loss, decoupled ones run after each optimizer step; STR / spred install
+            their reparametrisation before the optimizer exists, and `save_final` folds them back.
         mean_loss: The model returns a mean loss and ignores ``num_items_in_batch`` although its ``forward`` takes
             ``**kwargs`` (BERT pre-training / QA heads in transformers 5). The Trainer would otherwise treat the
             loss as a sum and multiply it by the number of processes under DDP (and not divide it over gradient
@@ -294,19 +293,15 @@ def make_trainer(model, args, sparse_needed: bool, sparsity_config=None, dynamic
     """
     from transformers import Trainer
 
-    from hf_sparse.regularizers import RegularizedLossMixin
-
-    base = hf_sparse.SparseTrainer if sparse_needed else Trainer
-    if sparse_needed:
-        kwargs.update(sparsity_config=sparsity_config, dynamic_config=dynamic_config)
-    regs = []
-    if regularizer is not None:
-        regs = [hf_sparse.build_regularizer(regularizer)]
-        regs[0].prepare_(model)
-        base = type(f"Regularized{base.__name__}", (RegularizedLossMixin, base), {})
-        kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), hf_sparse.RegularizerCallback(regs)]
-    trainer = base(model=model, args=args, **kwargs)
-    trainer.regularizers = regs
+    regs = [hf_sparse.build_regularizer(regularizer)] if regularizer is not None else []
+    if sparse_needed or regs:
+        # SparseTrainer applies the regularizers itself (and trains a dense model dense when nothing is sparse).
+        if sparse_needed:
+            kwargs.update(sparsity_config=sparsity_config, dynamic_config=dynamic_config)
+        trainer = hf_sparse.SparseTrainer(model=model, args=args, regularizers=regs, **kwargs)
+    else:
+        trainer = Trainer(model=model, args=args, **kwargs)
+        trainer.regularizers = []
     if mean_loss:
         trainer.model_accepts_loss_kwargs = False
     return trainer

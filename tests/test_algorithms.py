@@ -261,15 +261,15 @@ def test_rigl_captures_dense_gradient_summed_over_micro_batches():
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     ctrl = SparsityController(model, opt, cfg, DynamicSparsityConfig(algorithm="rigl", update_interval=2),
                               total_steps=10)
-    assert not ctrl._capturing  # step 1 is not followed by an update
+    assert not ctrl._grads.capturing  # step 1 is not followed by an update
     train_step(model, opt, 1)
     ctrl.step(1)
-    assert ctrl._capturing and all(m.straight_through for m in ctrl.modules.values())
+    assert ctrl._grads.capturing and all(m.straight_through for m in ctrl.modules.values())
     # Two micro-batches of gradient accumulation before the optimizer step that precedes the update.
     (x1, y1), (x2, y2) = batch(7), batch(8)
     nn.functional.mse_loss(model(x1), y1).backward()
     nn.functional.mse_loss(model(x2), y2).backward()
-    captured = {n: g.clone() for n, g in ctrl._captured.items()}
+    captured = {n: g.clone() for n, g in ctrl._grads._captured.items()}
     for name, m in ctrl.modules.items():
         assert bool((m.weight.grad[~m.weight_mask] == 0).all()), "the optimizer must still see sparse gradients"
     # Reference: gradient w.r.t. the effective (masked) weight, computed densely.

@@ -19,8 +19,8 @@ from transformers import (
 
 from hf_sparse import SparseConv1D, SparseLinear, SparsityConfig, get_sparsity_config, sparse_modules, sparsify_
 from hf_sparse import checkpoint as ckpt
-from hf_sparse import mask_io
-from hf_sparse.mask_io import CheckpointError
+from hf_sparse.checkpoint import masks as mask_io
+from hf_sparse.checkpoint.masks import CheckpointError
 
 STRUCTURES = {
     "unstructured": dict(sparsity=0.9),

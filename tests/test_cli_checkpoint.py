@@ -14,9 +14,9 @@ from transformers import BertConfig, BertForPreTraining
 
 from hf_sparse import SparsityConfig, sparse_modules, sparsify_
 from hf_sparse import checkpoint as ckpt
-from hf_sparse import mask_io
+from hf_sparse.checkpoint import masks as mask_io
 from hf_sparse.cli import COMMANDS, main
-from hf_sparse.mask_io import CheckpointError
+from hf_sparse.checkpoint.masks import CheckpointError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,7 +68,7 @@ def test_inspect_checks_stored_zero_pattern(saved):
     record = json.loads((path / "sparsity_config.json").read_text())
     record["files"]["model.safetensors"] = mask_io.file_sha256(path / "model.safetensors")
     (path / "sparsity_config.json").write_text(json.dumps(record))
-    from hf_sparse.cli_checkpoint import check_stored_weights
+    from hf_sparse.cli.checkpoint import check_stored_weights
 
     rec, masks = ckpt.read_checkpoint(path)
     with pytest.raises(CheckpointError, match="model.safetensors: module 'bert.encoder.layer.1.output.dense' has"):

@@ -8,8 +8,8 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel
 
 from hf_sparse import SparsityConfig, get_sparsity_config, sparse_modules, sparsify_
-from hf_sparse.export import COMPRESSED_WEIGHTS, export, load_compressed
-from hf_sparse.mask_io import CheckpointError
+from hf_sparse.checkpoint import COMPRESSED_WEIGHTS, export, load_compressed
+from hf_sparse.checkpoint.masks import CheckpointError
 
 
 def bert(sparsity=0.9, structure="unstructured"):

@@ -9,10 +9,10 @@ from torch import nn
 from transformers import BertConfig, BertForMaskedLM
 
 import hf_sparse.checkpoint as ckpt
-from hf_sparse.cli_checkpoint import check_stored_weights
+from hf_sparse.cli.checkpoint import check_stored_weights
 from hf_sparse.config import DynamicSparsityConfig, SparsityConfig
 from hf_sparse.controller import SparsityController, sparsify_for_training_
-from hf_sparse.export import export
+from hf_sparse.checkpoint import export
 from hf_sparse.layers import SparseLinear
 from hf_sparse.patching import find_target_modules, sparse_modules
 

@@ -20,7 +20,7 @@ from transformers import BertConfig, BertForQuestionAnswering, BertForPreTrainin
 
 from hf_sparse import SparsityConfig, get_sparsity_config, sparse_modules, sparsify_
 from hf_sparse import checkpoint as ckpt
-from hf_sparse.hub import push_to_hub
+from hf_sparse.checkpoint import push_to_hub
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

@@ -20,7 +20,7 @@ from hf_sparse.metrics import (
 )
 from hf_sparse.patching import sparse_modules, sparsify_
 from hf_sparse.regularizers import STR, effective_weight
-from hf_sparse.weight_correlation import (
+from hf_sparse.metrics import (
     WeightTrajectoryRecorder,
     decorrelation_by_magnitude,
     decorrelation_time,
@@ -280,7 +280,7 @@ def test_metrics_callback_with_vanilla_trainer(tmp_path):
     from safetensors.torch import load_file
     from transformers import Trainer, TrainingArguments
 
-    from hf_sparse.metrics_callback import MetricsCallback
+    from hf_sparse.metrics import MetricsCallback
 
     model = _bert(0.5)
     g = torch.Generator().manual_seed(0)

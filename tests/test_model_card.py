@@ -14,7 +14,7 @@ from transformers import BertConfig, BertForPreTraining
 
 from hf_sparse import SparsityConfig, sparsify_
 from hf_sparse import checkpoint as ckpt
-from hf_sparse import model_card as mc
+from hf_sparse.checkpoint import card as mc
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from conftest import tiny_bert_config
 
 import hf_sparse
-from hf_sparse.quickstart import synthetic_documents, synthetic_squad, write_synthetic_jsonl, write_synthetic_text
+from hf_sparse.cli.quickstart_run import synthetic_documents, synthetic_squad, write_synthetic_jsonl, write_synthetic_text
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

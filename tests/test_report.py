@@ -10,12 +10,12 @@ from transformers import BertConfig, BertForMaskedLM, TrainingArguments
 from hf_sparse.cli import main
 from hf_sparse.config import DynamicSparsityConfig, SparsityConfig
 from hf_sparse.metrics import ThresholdSparsityTracker
-from hf_sparse.metrics_callback import MetricsCallback
+from hf_sparse.metrics import MetricsCallback
 from hf_sparse.patching import sparse_modules
 from hf_sparse.reporting import load_run, write_report
 from hf_sparse.reporting.plots import pareto_front
 from hf_sparse.trainer import SparseTrainer
-from hf_sparse.weight_correlation import WeightTrajectoryRecorder
+from hf_sparse.metrics import WeightTrajectoryRecorder
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from hf_sparse.distributions import erk_densities, uniform_densities
+from hf_sparse.structure import erk_densities, uniform_densities
 from hf_sparse.structure import (
     MaskStructure,
     block_scores,

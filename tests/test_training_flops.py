@@ -7,7 +7,7 @@ from transformers import BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadMode
 from hf_sparse.config import DynamicSparsityConfig, SparsityConfig
 from hf_sparse.flops import count
 from hf_sparse.patching import sparsify_
-from hf_sparse.train_flops import StepFlopsAccumulator
+from hf_sparse.flops import StepFlopsAccumulator
 from hf_sparse.trainer import SparseTrainer, SparsityCallback
 
 

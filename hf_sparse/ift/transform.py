@@ -23,7 +23,8 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from ..config import SparseIFTConfig, parallel_branches
-from ..patching import _set_submodule, find_target_modules, sparse_modules, sparsify_
+from ..patching import _set_submodule, set_sparsity_config, sparse_modules, sparsify_
+from ..targets import find_target_modules
 from ..structure import MaskStructure
 from .modules import (
     IFT_MODULES,
@@ -160,7 +161,7 @@ def _record_(model: nn.Module, cfg: SparseIFTConfig, targets: List[str], nonline
     setattr(model.config, CONFIG_KEY, {"config": cfg.to_dict(), "targets": list(targets), "nonlinearity": nonlinearity})
     model._hf_sparse_ift_config = cfg
     if cfg.kind != "wide":  # sparsify_ already set it for wide; here: the sparse sub-modules, for controllers
-        model._hf_sparse_config = cfg.sparsity_config(target_modules=list(sparse_modules(model)), exclude_modules=None)
+        set_sparsity_config(model, cfg.sparsity_config(target_modules=list(sparse_modules(model)), exclude_modules=None))
 
 
 def _check_untransformed(model: nn.Module) -> None:

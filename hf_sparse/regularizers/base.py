@@ -23,7 +23,8 @@ from torch.nn.utils import parametrize
 
 from ..config import RegularizerConfig, SparsityConfig
 from ..layers import SPARSE_CLASSES, SparseMixin, is_sparse_module
-from ..patching import _matches, find_target_modules, sparse_modules
+from ..patching import sparse_modules
+from ..targets import _matches, find_target_modules
 
 logger = logging.getLogger(__name__)
 

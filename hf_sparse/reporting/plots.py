@@ -15,7 +15,7 @@ matplotlib.use("Agg")  # before pyplot: files only, works on headless machines
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from ..weight_correlation import decorrelation_by_magnitude  # noqa: E402
+from ..metrics.weight_correlation import decorrelation_by_magnitude  # noqa: E402
 from .run import RunData  # noqa: E402
 
 DPI = 110

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from ..checkpoint import SPARSITY_CONFIG_NAME, read_checkpoint
-from ..metrics_callback import THRESHOLD_SPARSITY_FILE, TRAJECTORIES_FILE
+from ..metrics import THRESHOLD_SPARSITY_FILE, TRAJECTORIES_FILE
 
 TRAINER_STATE_NAME = "trainer_state.json"
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")

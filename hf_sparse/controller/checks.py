@@ -1,0 +1,135 @@
+"""Invariant checks of the controller (exact counts, structure, zero inactive weights, identical masks on every
+process), unwrapping DDP / compile wrappers, refusing sharded models, and the model-wide sparsity metrics."""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..layers import SparseMixin
+from ..structure import expand_granules, granules_to_elements, num_active, reduce_to_granules
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """Strips DDP / DataParallel / ``torch.compile`` wrappers (they share the inner module's parameters)."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def check_not_sharded(model: nn.Module) -> None:
+    """Raises when the model is FSDP-wrapped or holds sharded (DTensor) parameters.
+
+    Mask updates rank whole weights; on a shard they would silently pick a different pattern per process.
+    """
+    wrapped = [type(m).__name__ for m in model.modules() if "FullyShardedDataParallel" in type(m).__name__]
+    sharded = any(type(p).__name__ == "DTensor" for p in model.parameters())
+    if wrapped or sharded:
+        raise ValueError(
+            "hf_sparse does not support FSDP / sharded parameters yet: mask updates need the full weights and "
+            "would silently lose sparsity on shards. Use DDP instead (`accelerate launch --multi_gpu`, no FSDP "
+            "plugin), or DeepSpeed-free single-process training."
+        )
+
+
+def mask_audit(name: str, module: SparseMixin, require_zero: bool) -> None:
+    """Raises ``RuntimeError`` if the layer's mask lost its exact count or structure (or inactive weights moved).
+
+    Args:
+        name: Layer name for the message.
+        module: The sparse layer.
+        require_zero: Also require every inactive weight to be exactly zero.
+    """
+    mask, s = module.weight_mask, module.structure
+    expected = granules_to_elements(s, num_active(s, mask.shape, module.target_density))
+    got = int(torch.count_nonzero(mask))
+    if got != expected:
+        raise RuntimeError(
+            f"Mask drift in {name!r}: {got} active weights, its target density {module.target_density:.6f} "
+            f"requires exactly {expected}."
+        )
+    if s.kind == "block" and not torch.equal(expand_granules(reduce_to_granules(mask, s), s), mask):
+        raise RuntimeError(f"Mask drift in {name!r}: the mask is no longer made of whole {s.describe()} blocks.")
+    if s.kind == "nm":
+        groups = (mask.T if module.input_dim == 0 else mask).reshape(-1, s.m).sum(dim=1)
+        if not bool((groups == s.n).all()):
+            raise RuntimeError(f"Mask drift in {name!r}: some groups do not hold exactly {s.n}:{s.m}.")
+    if s.kind == "nm_transposable":
+        rows, cols = mask.shape
+        tiles = mask.reshape(rows // s.m, s.m, cols // s.m, s.m)
+        if not (bool((tiles.sum(dim=3) == s.n).all()) and bool((tiles.sum(dim=1) == s.n).all())):
+            raise RuntimeError(f"Mask drift in {name!r}: some tiles are not transposable {s.n}:{s.m}.")
+    if require_zero and int(torch.count_nonzero(module.weight.detach().masked_fill(mask, 0))):
+        raise RuntimeError(f"Inactive weights of {name!r} are not zero: always-sparse training was broken.")
+
+
+def _signature(mask: torch.Tensor) -> torch.Tensor:
+    idx = mask.reshape(-1).nonzero().squeeze(1).to(torch.int64)
+    return torch.stack([idx.numel() * torch.ones((), dtype=torch.int64, device=mask.device),
+                        idx.sum(), ((idx * 40503) % 65521).sum()])
+
+
+def check_distributed_masks(modules: Dict[str, SparseMixin]) -> None:
+    """Where a process group exists, raises when any layer's mask differs between processes.
+
+    Compares a small per-layer signature (count and two index checksums) with two all-reduces (max and min).
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2 or not modules:
+        return
+    sig = torch.stack([_signature(m.weight_mask) for m in modules.values()])
+    high, low = sig.clone(), sig.clone()
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    differ = (high != low).any(dim=1).tolist()
+    bad = [name for name, d in zip(modules, differ) if d]
+    if bad:
+        raise RuntimeError(
+            f"Masks differ between processes for {bad[:3]}: every process must draw identical updates "
+            "(same seed, same step, same weights)."
+        )
+
+
+def sparsity_metrics(
+    modules: Dict[str, SparseMixin],
+    ever_active: Dict[str, torch.Tensor],
+    stats: Dict[str, Dict[str, int]],
+    per_layer: bool = False,
+) -> Dict[str, float]:
+    """Model-wide (and optionally per-layer) density, explored DOF, churn and removed-were-new ratios.
+
+    Args:
+        modules: The sparse layers.
+        ever_active: Per layer, the weights that were ever active (seed paper 000, Sec. 3.1: explored DOF).
+        stats: Per layer, ``active_before``, ``removed`` and ``removed_were_new`` counts of the latest update.
+        per_layer: Also report each layer.
+
+    Returns:
+        ``{"sparsity/density": ..., "sparsity/dof": ..., "sparsity/churn": ..., "sparsity/removed_were_new": ...}``.
+    """
+    total = sum(m.weight_mask.numel() for m in modules.values())
+    active = sum(int(torch.count_nonzero(m.weight_mask)) for m in modules.values())
+    ever = sum(int(torch.count_nonzero(e)) for e in ever_active.values())
+    before = sum(s["active_before"] for s in stats.values())
+    removed = sum(s["removed"] for s in stats.values())
+    were_new = sum(s["removed_were_new"] for s in stats.values())
+    out = {
+        "sparsity/density": active / total,
+        "sparsity/dof": ever / total,
+        "sparsity/churn": removed / before if before else 0.0,
+        "sparsity/removed_were_new": were_new / removed if removed else 0.0,
+    }
+    if per_layer:
+        for name, module in modules.items():
+            numel = module.weight_mask.numel()
+            out[f"sparsity/{name}/density"] = int(torch.count_nonzero(module.weight_mask)) / numel
+            out[f"sparsity/{name}/dof"] = int(torch.count_nonzero(ever_active[name])) / numel
+            s = stats.get(name)
+            out[f"sparsity/{name}/churn"] = s["removed"] / s["active_before"] if s and s["active_before"] else 0.0
+    return out

@@ -1,0 +1,345 @@
+"""`SparsityController`: runs a mask-update algorithm inside any training loop.
+
+Call ``controller.step(global_step)`` after every optimizer step. On scheduled steps the controller asks the
+algorithm for each layer's new mask, applies it, zeroes re-allocated weights and *all* their per-parameter
+optimizer state, audits exact counts (drift raises) and updates the metrics (density, explored degrees of freedom,
+churn). Between updates it keeps inactive weights exactly as the mode requires. Gradients are always-sparse
+except where the algorithm asks: RigL gets the dense gradient of the effective weight only during the optimizer
+step right before an update (summed over gradient-accumulation micro-batches and, under DDP, over processes);
+top-k gets straight-through gradients while it rewires.
+
+Example:
+    >>> controller = SparsityController(model, optimizer, SparsityConfig(sparsity=0.9),
+    ...                                 DynamicSparsityConfig(algorithm="rigl"), total_steps=10_000)
+    >>> for step, batch in enumerate(loader, start=1):
+    ...     model(**batch).loss.backward(); optimizer.step(); optimizer.zero_grad()
+    ...     metrics = controller.step(step)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Dict, Optional, Union
+
+import torch
+from torch import nn
+
+from ..algorithms import SparsityAlgorithm, build_algorithm
+from ..config import DynamicSparsityConfig, SparsityConfig
+from .checks import check_distributed_masks, check_not_sharded, mask_audit, sparsity_metrics, unwrap_model
+from .grad_capture import GradientHooks
+from .optim_state import check_optimizer_holds, scale_lr_, unwrap_optimizer, zero_state_
+from .setup import final_layer_densities, sparsify_for_training_
+from .state_io import read_state, write_state
+from ..layers import SparseMixin
+from ..patching import get_sparsity_config, sparse_modules
+from ..structure import MaskStructure, granules_to_elements
+
+logger = logging.getLogger(__name__)
+
+STATE_FORMAT = 1
+
+
+class SparsityController:
+    """Owns the sparse layers, the mask-update algorithm and the optimizer state they touch.
+
+    Args:
+        model: The model (DDP / ``torch.compile`` wrappers are unwrapped; FSDP / sharded parameters are refused).
+            Sparsified with ``sparsity_config`` when it has no sparse layers yet.
+        optimizer: The optimizer holding the sparse weights (an accelerate wrapper is fine). Without it the
+            optimizer state of re-allocated weights cannot be reset (a warning says so).
+        sparsity_config: How to sparsify (required when the model is not sparse yet).
+        dynamic_config: The algorithm and its schedule (default: ``static``).
+        total_steps: Optimizer steps of the whole run (required except for ``static``).
+        lr_already_scaled: Set when the caller already applied `sparse_lr` (the Trainer integration does).
+        reset_optimizer_state: Zero the optimizer state of inactive weights now (pass ``False`` when a saved
+            controller state is loaded next: the current masks are not the ones that state belongs to).
+
+    Example:
+        >>> controller = SparsityController(model, optimizer, SparsityConfig(sparsity=0.9),
+        ...                                 DynamicSparsityConfig(num_updates=160), total_steps=10_000)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: Optional[torch.optim.Optimizer] = None,
+        sparsity_config: Optional[SparsityConfig] = None,
+        dynamic_config: Optional[DynamicSparsityConfig] = None,
+        total_steps: Optional[int] = None,
+        *,
+        lr_already_scaled: bool = False,
+        reset_optimizer_state: bool = True,
+    ):
+        model = unwrap_model(model)
+        check_not_sharded(model)
+        dynamic_config = dynamic_config if dynamic_config is not None else DynamicSparsityConfig(algorithm="static")
+        if not isinstance(dynamic_config, DynamicSparsityConfig):
+            raise TypeError(f"dynamic_config must be a DynamicSparsityConfig, got {type(dynamic_config).__name__}.")
+        if sparsity_config is not None and not isinstance(sparsity_config, SparsityConfig):
+            raise TypeError(f"sparsity_config must be a SparsityConfig, got {type(sparsity_config).__name__}.")
+        if total_steps is None:
+            if dynamic_config.algorithm != "static":
+                raise ValueError(f"total_steps is required for algorithm={dynamic_config.algorithm!r}.")
+            total_steps = 1
+        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+            raise ValueError(f"total_steps={total_steps!r} must be a positive integer (optimizer steps).")
+
+        modules = sparse_modules(model)
+        if sparsity_config is None:
+            sparsity_config = get_sparsity_config(model)
+        if not modules and sparsity_config is None:
+            raise ValueError(f"{type(model).__name__} is not sparse; pass a sparsity_config to sparsify it.")
+        structure = (
+            next(iter(modules.values())).structure if modules else MaskStructure.from_config(sparsity_config)
+        )
+        seed = dynamic_config.seed if dynamic_config.seed is not None else getattr(sparsity_config, "seed", 0)
+        # Built before the model is touched, so an unsupported algorithm x structure leaves the model as it was.
+        self.algorithm: SparsityAlgorithm = build_algorithm(dynamic_config, structure, total_steps, seed)
+        if not modules:
+            modules = sparsify_for_training_(model, sparsity_config, dynamic_config, optimizer)
+
+        self.model = model
+        self.modules: Dict[str, SparseMixin] = modules
+        self.optimizer = optimizer
+        self.sparsity_config = sparsity_config
+        self.dynamic_config = dynamic_config
+        self.total_steps = total_steps
+        self.step_count = 0
+        self.num_updates = 0
+        self.algorithm.setup_(modules, final_layer_densities(modules, sparsity_config))
+        for module in modules.values():
+            module.set_inactive_mode_(dynamic_config.inactive)
+        #: JSON-ready state of integrations (e.g. accumulated training FLOPs), saved and restored with ours.
+        self.extra_state: Dict[str, Any] = {}
+        self.ever_active = {n: m.weight_mask.clone() for n, m in modules.items()}
+        self.last_added = {n: torch.zeros_like(m.weight_mask) for n, m in modules.items()}
+        self._frozen: Dict[str, torch.Tensor] = {}
+        self._grads = GradientHooks(modules)
+        self._inner_optimizer = unwrap_optimizer(optimizer)
+        if self._inner_optimizer is None and dynamic_config.algorithm != "static":
+            logger.warning("SparsityController got no optimizer: optimizer state of re-allocated weights is not reset.")
+        check_optimizer_holds(self._inner_optimizer, modules)
+        if reset_optimizer_state:
+            self._zero_inactive_state()
+        self._refresh_frozen()
+        if dynamic_config.apply_sparse_lr and not lr_already_scaled:
+            scale_lr_(self._inner_optimizer, float(sparsity_config.sparsity))
+        self.last_metrics = self._metrics({})
+        self._configure_gradients(self.step_count)
+
+    # --- the training-loop entry point ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, global_step: int) -> Dict[str, float]:
+        """Call after every optimizer step with the number of optimizer steps completed.
+
+        Args:
+            global_step: Optimizer steps completed so far (``trainer.state.global_step``).
+
+        Returns:
+            The latest sparsity metrics; ``"sparsity/updated"`` is 1.0 when the pattern changed at this step.
+        """
+        step = int(global_step)
+        self.step_count = step
+        self._enforce_inactive(step)
+        self.algorithm.after_optimizer_step_(self.modules, step, self._zero_state)
+        updated = self.algorithm.is_update_step(step)
+        if updated:
+            self._update(step)
+        self._configure_gradients(step)
+        return {**self.last_metrics, "sparsity/updated": float(updated)}
+
+    def is_update_step(self, step: int) -> bool:
+        """Whether the pattern changes right after optimizer step ``step``."""
+        return self.algorithm.is_update_step(step)
+
+    def close(self) -> None:
+        """Removes gradient hooks and straight-through flags (end of training); masks stay as they are."""
+        self._grads.close()
+
+    # --- updates -------------------------------------------------------------------------------------------------
+    def _update(self, step: int) -> None:
+        grads = self._grads.take_captured()
+        zero_mode = self.dynamic_config.inactive == "zero"
+        stats: Dict[str, Dict[str, int]] = {}
+        for name, module in self.modules.items():
+            old = module.weight_mask.clone()
+            upd = self.algorithm.update_layer(name, module, step, grads.get(name))
+            new = upd.mask.to(device=old.device, dtype=torch.bool)
+            removed, added = old & ~new, new & ~old
+            self._check_counts(name, module.structure, upd, int(torch.count_nonzero(removed)), int(torch.count_nonzero(added)))
+            if upd.target_density is not None:
+                module.target_density = float(upd.target_density)
+            live = self.algorithm.inactive_values_live(step)
+            module.set_mask_(new, zero_inactive=zero_mode and not live)
+            if upd.zero_new:
+                if zero_mode:
+                    module.weight.masked_fill_(added, 0)
+                self._zero_state(module, added | removed)
+            elif zero_mode and not live:
+                self._zero_state(module, removed)
+            stats[name] = {
+                "active_before": int(torch.count_nonzero(old)),
+                "removed": int(torch.count_nonzero(removed)),
+                "removed_were_new": int(torch.count_nonzero(removed & self.last_added[name])),
+            }
+            self.ever_active[name] |= new
+            self.last_added[name] = added
+        self.num_updates += 1
+        self.audit()
+        check_distributed_masks(self.modules)
+        self._refresh_frozen()
+        self.last_metrics = self._metrics(stats, step)
+        logger.info(
+            "Sparsity update %d at step %d (%s): density %.4f, DOF %.4f, churn %.4f.",
+            self.num_updates, step, self.algorithm.name, self.last_metrics["sparsity/density"],
+            self.last_metrics["sparsity/dof"], self.last_metrics["sparsity/churn"],
+        )
+
+    @staticmethod
+    def _check_counts(name: str, structure: MaskStructure, upd, removed: int, added: int) -> None:
+        for what, expected, got in (("removed", upd.expected_removed, removed), ("added", upd.expected_added, added)):
+            if expected is not None and granules_to_elements(structure, expected) != got:
+                raise RuntimeError(
+                    f"Mask drift in {name!r}: the update {what} {got} weights, the schedule prescribes "
+                    f"{granules_to_elements(structure, expected)}."
+                )
+
+    def audit(self) -> None:
+        """Raises ``RuntimeError`` when a layer's active count or structure drifted from its target.
+
+        Also checks that inactive weights are exactly zero where the mode requires it.
+        """
+        require_zero = self.dynamic_config.inactive == "zero" and not self.algorithm.inactive_values_live(
+            self.step_count
+        )
+        for name, module in self.modules.items():
+            mask_audit(name, module, require_zero)
+
+    @torch.no_grad()
+    def _enforce_inactive(self, step: int) -> None:
+        # Weight decay (and any optimizer quirk) must not move inactive weights: zero mode keeps them at zero,
+        # frozen mode restores the kept values. Top-k's non-participating weights train on purpose.
+        if self.dynamic_config.inactive == "frozen":
+            for name, module in self.modules.items():
+                module.weight.copy_(torch.where(module.weight_mask, module.weight, self._frozen[name]))
+        elif not self.algorithm.inactive_values_live(step):
+            for module in self.modules.values():
+                module.weight.masked_fill_(~module.weight_mask, 0)
+
+    def _refresh_frozen(self) -> None:
+        if self.dynamic_config.inactive == "frozen":
+            self._frozen = {n: m.weight.detach().clone() for n, m in self.modules.items()}
+
+    # --- optimizer state ------------------------------------------------------------------------------------------
+    def _zero_state(self, module: SparseMixin, where: torch.Tensor) -> None:
+        """Zeroes every per-parameter optimizer state tensor of ``module.weight`` (Adam moments...) at ``where``."""
+        zero_state_(self._inner_optimizer, module.weight, where)
+
+    @torch.no_grad()
+    def _zero_inactive_state(self) -> None:
+        if self.dynamic_config.inactive == "zero" and not self.algorithm.inactive_values_live(self.step_count):
+            for module in self.modules.values():
+                self._zero_state(module, ~module.weight_mask)
+
+    # --- gradients -------------------------------------------------------------------------------------------------
+    def _configure_gradients(self, step: int) -> None:
+        """Sets straight-through flags and gradient hooks for the optimizer step *after* ``step``."""
+        capture = self.algorithm.needs_dense_grad and self.algorithm.is_update_step(step + 1)
+        self._grads.configure(self.algorithm.straight_through(step), self.algorithm.ste_scale(step), capture)
+
+    # --- metrics -------------------------------------------------------------------------------------------------
+    def _metrics(self, stats: Dict[str, Dict[str, int]], step: Optional[int] = None) -> Dict[str, float]:
+        out = sparsity_metrics(self.modules, self.ever_active, stats, self.dynamic_config.log_per_layer)
+        out["sparsity/num_updates"] = float(self.num_updates)
+        if step is not None and self.algorithm.name in ("dynsparse", "set", "rigl"):
+            out["sparsity/prune_ratio"] = self.algorithm.schedule.ratio(step)
+        return out
+
+    def layer_metrics(self) -> Dict[str, Dict[str, float]]:
+        """Per-layer density and explored degrees of freedom (fraction of weights ever active)."""
+        return {
+            name: {
+                "density": float(m.weight_mask.float().mean()),
+                "dof": float(self.ever_active[name].float().mean()),
+                "target_density": m.target_density,
+            }
+            for name, m in self.modules.items()
+        }
+
+    # --- state ---------------------------------------------------------------------------------------------------
+    def state_dict(self) -> Dict[str, Any]:
+        """Everything a resumed run needs to continue with identical masks.
+
+        Returns:
+            ``{"tensors": {name: bool tensor}, "meta": JSON-serialisable dict}`` holding the masks, the ever-active
+            record, the last re-allocation, step / update counters, target densities and the algorithm state.
+            Randomness is derived from (seed, step, layer), so the step is the whole RNG state.
+        """
+        tensors = {}
+        for name, module in self.modules.items():
+            tensors[f"mask.{name}"] = module.weight_mask.detach().cpu().clone()
+            tensors[f"ever_active.{name}"] = self.ever_active[name].cpu().clone()
+            tensors[f"last_added.{name}"] = self.last_added[name].cpu().clone()
+        meta = {
+            "format": STATE_FORMAT,
+            "step": self.step_count,
+            "num_updates": self.num_updates,
+            "total_steps": self.total_steps,
+            "algorithm": self.algorithm.name,
+            "algorithm_state": self.algorithm.state_dict(),
+            "target_densities": {n: m.target_density for n, m in self.modules.items()},
+            "dynamic_config": self.dynamic_config.to_dict(),
+            "sparsity_config": self.sparsity_config.to_dict() if self.sparsity_config is not None else None,
+            "metrics": self.last_metrics,
+            "extra_state": self.extra_state,
+        }
+        return {"tensors": tensors, "meta": meta}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restores `state_dict` output; validates everything before changing any layer."""
+        tensors, meta = state["tensors"], state["meta"]
+        if meta.get("algorithm") != self.algorithm.name:
+            raise ValueError(
+                f"Controller state was written by algorithm={meta.get('algorithm')!r}, this controller runs "
+                f"{self.algorithm.name!r}."
+            )
+        for name, module in self.modules.items():
+            for kind in ("mask", "ever_active", "last_added"):
+                t = tensors.get(f"{kind}.{name}")
+                if t is None or tuple(t.shape) != tuple(module.weight_mask.shape):
+                    raise ValueError(
+                        f"Controller state has no {kind} of shape {tuple(module.weight_mask.shape)} for layer {name!r}."
+                    )
+        extra = {k.split(".", 1)[1] for k in tensors} - set(self.modules)
+        if extra:
+            raise ValueError(f"Controller state holds layers this model lacks: {sorted(extra)[:3]}.")
+        if int(meta.get("total_steps", self.total_steps)) != self.total_steps:
+            logger.warning("Controller state was for %s total steps, this run has %d: schedule differs.",
+                           meta.get("total_steps"), self.total_steps)
+        self.step_count = int(meta["step"])
+        self.extra_state = dict(meta.get("extra_state") or {})
+        self.num_updates = int(meta["num_updates"])
+        self.algorithm.load_state_dict(meta.get("algorithm_state", {}))
+        live = self.algorithm.inactive_values_live(self.step_count)
+        for name, module in self.modules.items():
+            module.target_density = float(meta["target_densities"][name])
+            mask = tensors[f"mask.{name}"].to(device=module.weight.device, dtype=torch.bool)
+            module.set_mask_(mask, zero_inactive=self.dynamic_config.inactive == "zero" and not live)
+            self.ever_active[name] = tensors[f"ever_active.{name}"].to(module.weight.device, torch.bool).clone()
+            self.last_added[name] = tensors[f"last_added.{name}"].to(module.weight.device, torch.bool).clone()
+        self._zero_inactive_state()
+        self._refresh_frozen()
+        self.last_metrics = dict(meta.get("metrics") or self._metrics({}))
+        self.audit()
+        self._configure_gradients(self.step_count)
+
+    def save_state(self, directory: Union[str, os.PathLike]) -> None:
+        """Writes `state_dict` to ``directory`` as safetensors (masks) + JSON (everything else)."""
+        write_state(self.state_dict(), directory)
+
+    def load_state(self, directory: Union[str, os.PathLike]) -> None:
+        """Reads what `save_state` wrote (no pickle anywhere) and restores it."""
+        self.load_state_dict(read_state(directory))

@@ -1,0 +1,74 @@
+"""Setting a model up for `SparsityController`: sparsify at the density the algorithm starts from, and the
+final per-layer densities the schedule aims at."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, Optional
+
+import torch
+from torch import nn
+
+from ..config import DynamicSparsityConfig, SparsityConfig
+from .optim_state import unwrap_optimizer
+from ..layers import SparseMixin
+from ..structure import erk_densities, uniform_densities
+from ..patching import _new_weight, set_sparsity_config, sparse_modules, sparsify_
+from ..targets import find_target_modules
+
+def sparsify_for_training_(
+    model: nn.Module,
+    sparsity_config: SparsityConfig,
+    dynamic_config: DynamicSparsityConfig,
+    optimizer: Optional[torch.optim.Optimizer] = None,
+) -> Dict[str, SparseMixin]:
+    """Sparsifies ``model`` in place at the density the algorithm starts from (GMP: ``gmp_initial_density``).
+
+    Checks first that ``optimizer`` (when given) holds the target weights, so a failure leaves the model as it was.
+
+    Returns:
+        The sparse layers by name.
+    """
+    start_cfg = sparsity_config
+    if dynamic_config.algorithm == "gmp":
+        start_cfg = dataclasses.replace(sparsity_config, sparsity=1.0 - dynamic_config.gmp_initial_density)
+    inner = unwrap_optimizer(optimizer)
+    if inner is not None:
+        held = {id(p) for group in inner.param_groups for p in group["params"]}
+        missing = [n for n, m in find_target_modules(model, start_cfg).items() if id(m.weight) not in held]
+        if missing:
+            raise ValueError(
+                f"The optimizer does not hold the weights of target layers {missing[:3]}"
+                f"{'...' if len(missing) > 3 else ''}; build it from model.parameters()."
+            )
+    frozen = dynamic_config.inactive == "frozen"
+    # Frozen inactive weights keep the values they start with (seed paper 000, Fig. 1a "untrained"), so the
+    # values sparsify_ zeroes are put back; with a fresh init they are that init, drawn again from its seed.
+    kept = (
+        {n: m.weight.detach().clone() for n, m in find_target_modules(model, start_cfg).items()}
+        if frozen and start_cfg.init == "keep" else {}
+    )
+    sparsify_(model, start_cfg)
+    set_sparsity_config(model, sparsity_config)
+    modules = sparse_modules(model)
+    if frozen:
+        with torch.no_grad():
+            for name, module in modules.items():
+                values = kept[name] if name in kept else _new_weight(module, start_cfg, name)
+                module.weight.copy_(torch.where(module.weight_mask, module.weight, values))
+                module.set_inactive_mode_("frozen")
+    return modules
+
+
+def final_layer_densities(modules: Dict[str, SparseMixin], sparsity_config) -> Dict[str, float]:
+    """Target density of every layer at the end of training, per the config's distribution."""
+    if sparsity_config is None:
+        return {n: float(m.target_density) for n, m in modules.items()}
+    first = next(iter(modules.values()))
+    fixed = first.structure.fixed_density
+    if fixed is not None:
+        return {n: fixed for n in modules}
+    shapes = {n: tuple(m.weight.shape) for n, m in modules.items()}
+    if sparsity_config.distribution == "erk":
+        return erk_densities(shapes, sparsity_config.density)
+    return uniform_densities(shapes, sparsity_config.density)
