@@ -1,5 +1,8 @@
 """Mask-update algorithms, registered by name, and their schedules.
 
+One small class per algorithm over a shared base (`SparsityAlgorithm`); each owns its defaults and checks. A user
+algorithm is one subclass and `register_algorithm`.
+
 Example:
     >>> algo = build_algorithm(DynamicSparsityConfig(algorithm="rigl"), MaskStructure(), total_steps=1000, seed=0)
     >>> algo.schedule.steps[:3]
@@ -8,10 +11,10 @@ Example:
 
 from __future__ import annotations
 
-from typing import Dict, Type
+from typing import Type
 
-from ..config import ALGORITHMS as _CONFIG_ALGORITHMS
 from ..config import DynamicSparsityConfig
+from ..config.registry import ALGORITHM_REGISTRY
 from ..structure import MaskStructure
 from .base import LayerUpdate, SparsityAlgorithm, StaticAlgorithm
 from .gmp import GMPAlgorithm
@@ -19,20 +22,35 @@ from .prune_regrow import DynSparseAlgorithm, RigLAlgorithm, SETAlgorithm
 from .schedules import UpdateSchedule, cubic_density, prune_ratio_at
 from .topk import TopKAlgorithm
 
-ALGORITHM_REGISTRY: Dict[str, Type[SparsityAlgorithm]] = {}
-
 
 def register_algorithm(cls: Type[SparsityAlgorithm]) -> Type[SparsityAlgorithm]:
-    """Registers an algorithm class under ``cls.name`` (usable as a decorator)."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no name to register under.")
-    ALGORITHM_REGISTRY[cls.name] = cls
-    return cls
+    """Registers a `SparsityAlgorithm` subclass under ``cls.name`` (use as a class decorator).
+
+    Once registered, the name is accepted everywhere a built-in is: `DynamicSparsityConfig(algorithm=...)`,
+    `SparsityController`, `SparseTrainer` and the recipes' ``--dynamic.algorithm``.
+
+    Args:
+        cls: The class; it sets ``name`` and overrides the hooks it needs (``grow_scores`` for a new
+            re-allocation rule on top of `DynSparseAlgorithm`, ``update_layer`` for a new update, ``defaults``
+            and ``check_config`` for its settings).
+
+    Returns:
+        ``cls``.
+
+    Example:
+        >>> @hf_sparse.register_algorithm
+        ... class MagnitudeRegrowth(hf_sparse.algorithms.DynSparseAlgorithm):
+        ...     name = "magnitude_regrowth"
+        ...     def grow_scores(self, name, module, step, grad, shape):
+        ...         return torch.rand(shape)
+    """
+    if not (isinstance(cls, type) and issubclass(cls, SparsityAlgorithm)):
+        raise TypeError(f"register_algorithm takes a SparsityAlgorithm subclass, got {cls!r}.")
+    return ALGORITHM_REGISTRY.register(cls)
 
 
 for _cls in (StaticAlgorithm, DynSparseAlgorithm, SETAlgorithm, RigLAlgorithm, GMPAlgorithm, TopKAlgorithm):
     register_algorithm(_cls)
-assert set(ALGORITHM_REGISTRY) == set(_CONFIG_ALGORITHMS), "config.ALGORITHMS and the registry disagree"
 
 
 def build_algorithm(
@@ -49,13 +67,7 @@ def build_algorithm(
     Returns:
         A `SparsityAlgorithm`.
     """
-    try:
-        cls = ALGORITHM_REGISTRY[config.algorithm]
-    except KeyError:
-        raise ValueError(
-            f"Unknown algorithm {config.algorithm!r}; registered: {', '.join(sorted(ALGORITHM_REGISTRY))}."
-        ) from None
-    return cls(config, structure, total_steps, seed)
+    return ALGORITHM_REGISTRY.get(config.algorithm)(config, structure, total_steps, seed)
 
 
 __all__ = [

@@ -63,6 +63,37 @@ class SparsityAlgorithm:
     needs_dense_grad: ClassVar[bool] = False
     #: Whether the schedule forces an update at ``end_step`` (GMP reaches its final density there).
     include_end: ClassVar[bool] = False
+    #: Whether the algorithm ever changes masks (``static`` does not: it needs no schedule and no total steps).
+    updates_masks: ClassVar[bool] = True
+    #: Literature defaults of `DynamicSparsityConfig` fields the user left ``None`` (``num_updates`` or
+    #: ``update_interval``, ``prune_ratio``, ``end_fraction``), resolved when the config is built.
+    defaults: ClassVar[Dict[str, Any]] = {"update_interval": 100, "prune_ratio": 0.0, "end_fraction": 1.0}
+
+    # --- class-level hooks: the config and the set-up ask the algorithm, never test its name ---------------------
+    @classmethod
+    def check_config(cls, config: DynamicSparsityConfig) -> None:
+        """Raises ``ValueError`` when ``config`` holds settings this algorithm cannot run (called on construction).
+
+        Args:
+            config: The (already defaulted and generically validated) config.
+        """
+
+    @classmethod
+    def initial_sparsity_config(cls, sparsity_config, config: DynamicSparsityConfig):
+        """The `SparsityConfig` a dense model is sparsified with before training (default: the target config).
+
+        Args:
+            sparsity_config: The run's target `SparsityConfig`.
+            config: The dynamic config.
+
+        Returns:
+            A `SparsityConfig`.
+        """
+        return sparsity_config
+
+    def extra_metrics(self, step: int) -> Dict[str, float]:
+        """Algorithm-specific metrics logged after an update at ``step`` (e.g. the pruning ratio)."""
+        return {}
 
     def __init__(self, config: DynamicSparsityConfig, structure: MaskStructure, total_steps: int, seed: int):
         if structure.kind not in self.structures:
@@ -140,3 +171,5 @@ class StaticAlgorithm(SparsityAlgorithm):
     """``static``: the initial pattern never changes (every structure)."""
 
     name = "static"
+    updates_masks = False
+    defaults = {"prune_ratio": 0.0, "end_fraction": 1.0}

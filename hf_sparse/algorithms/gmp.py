@@ -8,6 +8,7 @@ granules; nothing is re-allocated. N:M structures fix the density, so they canno
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Dict, Optional
 
 import torch
@@ -24,6 +25,13 @@ class GMPAlgorithm(SparsityAlgorithm):
     name = "gmp"
     structures = ("unstructured", "block")
     include_end = True
+    #: Zhu & Gupta's cubic schedule, here ending at 75% of training with an update every 100 steps.
+    defaults = {"update_interval": 100, "prune_ratio": 0.0, "end_fraction": 0.75}
+
+    @classmethod
+    def initial_sparsity_config(cls, sparsity_config, config):
+        # GMP starts denser than its target (dense by default) and prunes down along the cubic schedule.
+        return dataclasses.replace(sparsity_config, sparsity=1.0 - config.gmp_initial_density)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -22,6 +22,20 @@ class DynSparseAlgorithm(SparsityAlgorithm):
 
     name = "dynsparse"
     structures = ("unstructured", "block")
+    #: Dietrich et al. 2021 (arXiv:2108.06277), App. A.1: n=160 updates, pruning ratio 0.5, cosine decay over
+    #: the whole run.
+    defaults = {"num_updates": 160, "prune_ratio": 0.5, "end_fraction": 1.0}
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        if config.prune_ratio == 0.0:
+            raise ValueError(
+                f"prune_ratio={config.prune_ratio!r} makes algorithm={config.algorithm!r} static; "
+                "use algorithm='static' or a positive prune_ratio."
+            )
+
+    def extra_metrics(self, step: int):
+        return {"sparsity/prune_ratio": self.schedule.ratio(step)}
 
     def is_update_step(self, step: int) -> bool:
         return self.schedule.is_update(step)
@@ -53,6 +67,9 @@ class SETAlgorithm(DynSparseAlgorithm):
     """``set`` (Mocanu et al., 2018): the same prune / random-regrow step with SET's defaults."""
 
     name = "set"
+    #: Drop fraction 0.3 every 100 steps, cosine decay ending at 75% of training (Sparse-IFT, Saxena et al. 2023,
+    #: arXiv:2303.11525, App. B.2, which follows RigL).
+    defaults = {"update_interval": 100, "prune_ratio": 0.3, "end_fraction": 0.75}
 
 
 class RigLAlgorithm(DynSparseAlgorithm):
@@ -64,6 +81,8 @@ class RigLAlgorithm(DynSparseAlgorithm):
 
     name = "rigl"
     needs_dense_grad = True
+    #: As SET (Sparse-IFT App. B.2, following Evci et al. 2020).
+    defaults = {"update_interval": 100, "prune_ratio": 0.3, "end_fraction": 0.75}
 
     def grow_scores(self, name, module, step, grad, shape) -> torch.Tensor:
         if grad is None:

@@ -25,6 +25,15 @@ class TopKAlgorithm(SparsityAlgorithm):
     """Top-d magnitude rewiring with FIX / RESET / REGULARIZE exploitation; every structure."""
 
     name = "topk"
+    defaults = {"update_interval": 100, "prune_ratio": 0.0, "end_fraction": 1.0}
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        if config.inactive != "zero":
+            raise ValueError(
+                f"inactive={config.inactive!r} cannot be used with algorithm='topk': its non-participating weights "
+                "keep training through the straight-through estimator; use inactive='zero'."
+            )
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

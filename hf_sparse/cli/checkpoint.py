@@ -1,4 +1,4 @@
-"""``hf-sparse inspect | densify | card``: the checkpoint sub-commands (registered in `cli.COMMANDS`).
+"""``hf-sparse inspect | densify | card | bench-inference``: the checkpoint sub-commands (registered in `cli.COMMANDS`).
 
 They work from the files alone (JSON + safetensors), without building the model: ``inspect`` validates the
 checkpoint (checksums, masks, structures, zero pattern of the stored weights) and prints the per-layer table;
@@ -129,12 +129,14 @@ def _run_densify(args: argparse.Namespace) -> int:
 
 def _add_card_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("directory", help="A sparse checkpoint directory.")
-    p.add_argument("--base_model", help="Hub id of the base model.")
-    p.add_argument("--dataset", action="append", dest="datasets", help="Training dataset id (repeatable).")
-    p.add_argument("--license")
-    p.add_argument("--language")
-    p.add_argument("--repo_id", help="Repo id shown in the loading examples.")
-    p.add_argument("--eval_results", help="JSON file: a list of huggingface_hub.EvalResult keyword dicts.")
+    p.add_argument("--base_model", help="Hub id of the base model (omitted: keep the stored value).")
+    p.add_argument("--dataset", action="append", dest="datasets",
+                   help="Training dataset id, repeatable (omitted: keep the stored ids).")
+    p.add_argument("--license", help="License id, e.g. apache-2.0 (omitted: keep the stored value).")
+    p.add_argument("--language", help="Language code, e.g. en (omitted: keep the stored value).")
+    p.add_argument("--repo_id", help="Repo id shown in the loading examples (omitted: keep the stored value).")
+    p.add_argument("--eval_results",
+                   help="JSON list of huggingface_hub.EvalResult keyword dicts (omitted: keep the stored ones).")
     p.add_argument("--stdout", action="store_true", help="Print the card instead of writing README.md.")
 
 
@@ -162,11 +164,10 @@ def _run_card(args: argparse.Namespace) -> int:
     return 0
 
 
-#: Entries for `cli.COMMANDS`.
 def _add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("directory", help="Sparse checkpoint directory.")
-    p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--seq_len", type=int, default=128)
+    p.add_argument("--batch_size", type=int, default=8, help="Sequences per timed forward pass.")
+    p.add_argument("--seq_len", type=int, default=128, help="Tokens per sequence.")
     p.add_argument("--repeats", type=int, default=5, help="Timed forward passes per model (best is kept).")
     p.add_argument("--json", action="store_true", help="Print the result as JSON.")
 
@@ -194,6 +195,7 @@ def _run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Entries for `cli.COMMANDS`: ``name -> (help, add_arguments, run)``.
 CHECKPOINT_COMMANDS = {
     "bench-inference": ("Time CPU inference of a sparse checkpoint against its dense model.", _add_bench_args,
                         _run_bench),

@@ -6,10 +6,10 @@ import argparse
 
 
 def _add_quickstart_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--output_dir", default=None, help="Where checkpoints go (default: a new temporary directory).")
+    p.add_argument("--output_dir", default=None, help="Where checkpoints go (omitted: a new temporary directory).")
     p.add_argument("--pretrain_steps", type=int, default=200, help="DynSparse pre-training steps.")
     p.add_argument("--finetune_steps", type=int, default=60, help="Fixed-mask QA fine-tuning steps.")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="Seed of the synthetic data, masks and training.")
     p.add_argument("--json", action="store_true", help="Print the report as JSON.")
 
 

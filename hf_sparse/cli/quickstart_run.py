@@ -6,7 +6,7 @@ small made-up grammar (no copied text), saves it as an hf_sparse checkpoint, rel
 and prints a short report. The same generators give the recipe tests data that always exists.
 
 Example:
-    >>> from hf_sparse.quickstart import synthetic_documents
+    >>> from hf_sparse.cli.quickstart_run import synthetic_documents
     >>> synthetic_documents(2, seed=0)[0][:2]
 """
 

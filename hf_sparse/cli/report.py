@@ -1,4 +1,7 @@
-"""The ``hf-sparse report`` sub-command (registered in `hf_sparse.cli.COMMANDS`; matplotlib is imported only when it runs)."""
+"""The ``hf-sparse report`` sub-command, registered in `hf_sparse.cli.COMMANDS`.
+
+matplotlib is imported (through `hf_sparse.reporting`) only when the command runs, so ``--help`` stays fast.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +11,8 @@ import argparse
 def add_report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", help="Run directories (Trainer output_dir) or checkpoint directories.")
     p.add_argument("--out", required=True, help="Directory for the PNG figures, report.md and summary.json.")
-    p.add_argument("--layer", default=None, help="Layer for the accumulated-mask image (default: the first).")
-    p.add_argument("--names", nargs="+", default=None, help="Display names of the runs (default: directory names).")
+    p.add_argument("--layer", default=None, help="Layer for the accumulated-mask image (omitted: the first).")
+    p.add_argument("--names", nargs="+", default=None, help="Display names of the runs (omitted: the directory names).")
 
 
 def run_report(args: argparse.Namespace) -> int:

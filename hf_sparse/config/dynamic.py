@@ -3,28 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, Optional
+from typing import ClassVar, Optional
 
 from .base import ConfigMixin, _check_choice, _is_int, _is_number
+from .registry import ALGORITHM_REGISTRY
 
-ALGORITHMS = ("static", "dynsparse", "set", "rigl", "gmp", "topk")
 PRUNE_SCHEDULES = ("cosine", "linear", "constant")
 INACTIVE_MODES = ("zero", "frozen")
 TOPK_EXPLOITATIONS = ("FIX", "RESET", "REGULARIZE")
 
-# Literature defaults filled in for fields left ``None``: DynSparse (seed paper 000, App. A.1: n=160, pr=0.5,
-# cosine decay over the whole run), SET / RigL (drop fraction 0.3, every 100 steps, cosine decay ending at 75% of
-# training, Sparse-IFT App. B.2), GMP (Zhu & Gupta cubic schedule ending at 75%), top-k (seed paper 002).
-ALGORITHM_DEFAULTS: Dict[str, Dict[str, Any]] = {
-    "static": {"prune_ratio": 0.0, "end_fraction": 1.0},
-    "dynsparse": {"num_updates": 160, "prune_ratio": 0.5, "end_fraction": 1.0},
-    "set": {"update_interval": 100, "prune_ratio": 0.3, "end_fraction": 0.75},
-    "rigl": {"update_interval": 100, "prune_ratio": 0.3, "end_fraction": 0.75},
-    "gmp": {"update_interval": 100, "prune_ratio": 0.0, "end_fraction": 0.75},
-    "topk": {"update_interval": 100, "prune_ratio": 0.0, "end_fraction": 1.0},
-}
 
-
+def __getattr__(name: str):
+    # Old names, kept readable: the algorithm names and defaults now live on the registered classes.
+    if name == "ALGORITHMS":
+        return ALGORITHM_REGISTRY.names()
+    if name == "ALGORITHM_DEFAULTS":
+        return {n: dict(ALGORITHM_REGISTRY.get(n).defaults) for n in ALGORITHM_REGISTRY.names()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -32,13 +27,15 @@ class DynamicSparsityConfig(ConfigMixin):
     """How the sparsity pattern evolves during training: the algorithm, its cadence and its options.
 
     Every schedule is counted in optimizer steps. Fields left ``None`` take the chosen algorithm's literature
-    default (``ALGORITHM_DEFAULTS``), resolved on construction so the saved JSON records what actually ran.
+    default (the ``defaults`` of its registered class), resolved on construction so the saved JSON records what
+    actually ran. The algorithm's own checks run on construction too (``check_config`` of its class).
 
     Args:
-        algorithm: ``"static"`` (the initial pattern never changes), ``"dynsparse"`` (magnitude / block-norm
-            pruning with random re-allocation, seed paper 000), ``"set"`` (same, SET defaults), ``"rigl"``
+        algorithm: The name of a registered algorithm (`hf_sparse.register_algorithm`). Built in: ``"static"``
+            (the initial pattern never changes), ``"dynsparse"`` (magnitude / block-norm pruning with random
+            re-allocation, Dietrich et al. 2021, arXiv:2108.06277), ``"set"`` (same, SET defaults), ``"rigl"``
             (re-allocation by dense-gradient magnitude), ``"gmp"`` (gradual magnitude pruning, cubic schedule) or
-            ``"topk"`` (top-d magnitude rewiring with straight-through gradients, seed paper 002).
+            ``"topk"`` (top-d magnitude rewiring with straight-through gradients, the NVIDIA sparse-training study).
         num_updates: Number of pattern updates ``n`` spread over the run (one every ``total_steps / n`` steps).
         update_interval: Optimizer steps between updates (``Delta T``). Give this or ``num_updates``, not both.
         prune_ratio: Maximum fraction of active granules pruned (and re-allocated) at an update.
@@ -67,7 +64,10 @@ class DynamicSparsityConfig(ConfigMixin):
 
     config_name: ClassVar[str] = "dynamic_sparsity_config"
 
-    algorithm: str = field(default="dynsparse", metadata={"help": f"One of {', '.join(ALGORITHMS)}."})
+    algorithm: str = field(
+        default="dynsparse",
+        metadata={"help": "A registered algorithm: static, dynsparse, set, rigl, gmp, topk, or your own."},
+    )
     num_updates: Optional[int] = field(
         default=None, metadata={"help": "Number of pattern updates spread over training (seed 000's n)."}
     )
@@ -106,7 +106,7 @@ class DynamicSparsityConfig(ConfigMixin):
     log_per_layer: bool = field(default=False, metadata={"help": "Log per-layer sparsity metrics too."})
 
     def __post_init__(self) -> None:
-        _check_choice("algorithm", self.algorithm, ALGORITHMS)
+        algorithm_cls = ALGORITHM_REGISTRY.get(self.algorithm)
         _check_choice("prune_schedule", self.prune_schedule, PRUNE_SCHEDULES)
         _check_choice("inactive", self.inactive, INACTIVE_MODES)
         if isinstance(self.topk_exploitation, str):
@@ -116,30 +116,25 @@ class DynamicSparsityConfig(ConfigMixin):
             raise ValueError(
                 f"Give num_updates={self.num_updates!r} or update_interval={self.update_interval!r}, not both."
             )
-        defaults = ALGORITHM_DEFAULTS[self.algorithm]
+        defaults = algorithm_cls.defaults
         if self.num_updates is None and self.update_interval is None:
             self.num_updates = defaults.get("num_updates")
             self.update_interval = defaults.get("update_interval")
         if self.prune_ratio is None:
-            self.prune_ratio = defaults["prune_ratio"]
+            self.prune_ratio = defaults.get("prune_ratio", 0.0)
         if self.end_fraction is None:
-            self.end_fraction = defaults["end_fraction"]
+            self.end_fraction = defaults.get("end_fraction", 1.0)
         for name in ("num_updates", "update_interval", "topk_reset_interval"):
             value = getattr(self, name)
             if value is not None and not (_is_int(value) and value >= 1):
                 raise ValueError(f"{name}={value!r} must be a positive integer.")
         if not (_is_number(self.prune_ratio) and 0.0 <= self.prune_ratio <= 1.0):
             raise ValueError(f"prune_ratio={self.prune_ratio!r} must be a number in [0, 1].")
-        if self.algorithm in ("dynsparse", "set", "rigl") and self.prune_ratio == 0.0:
-            raise ValueError(
-                f"prune_ratio={self.prune_ratio!r} makes algorithm={self.algorithm!r} static; "
-                "use algorithm='static' or a positive prune_ratio."
-            )
         for name in ("start_fraction", "end_fraction", "topk_fix_fraction"):
             value = getattr(self, name)
             if not (_is_number(value) and 0.0 <= value <= 1.0):
                 raise ValueError(f"{name}={value!r} must be a number in [0, 1].")
-        if self.start_fraction >= self.end_fraction and self.algorithm != "static":
+        if self.start_fraction >= self.end_fraction and algorithm_cls.updates_masks:
             raise ValueError(
                 f"start_fraction={self.start_fraction!r} must be smaller than end_fraction={self.end_fraction!r}."
             )
@@ -149,10 +144,6 @@ class DynamicSparsityConfig(ConfigMixin):
             raise ValueError(f"topk_regularize_beta={self.topk_regularize_beta!r} must be in [0, 1).")
         if not (_is_number(self.topk_ste_scale) and self.topk_ste_scale >= 0.0):
             raise ValueError(f"topk_ste_scale={self.topk_ste_scale!r} must be a non-negative number.")
-        if self.algorithm == "topk" and self.inactive != "zero":
-            raise ValueError(
-                f"inactive={self.inactive!r} cannot be used with algorithm='topk': its non-participating weights "
-                "keep training through the straight-through estimator; use inactive='zero'."
-            )
         if self.seed is not None and not _is_int(self.seed):
             raise TypeError(f"seed={self.seed!r} must be an integer or None.")
+        algorithm_cls.check_config(self)

@@ -5,9 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, List, Optional, Union
 
-from .base import ConfigMixin, _check_choice
+from .base import ConfigMixin
+from .registry import REGULARIZER_REGISTRY
 
-REGULARIZERS = ("group_lasso", "l1", "pwd", "weight_decay", "str", "spred", "drt")
+
+
+def __getattr__(name: str):
+    # Old name, kept readable: the regularizer names now come from the registry.
+    if name == "REGULARIZERS":
+        return REGULARIZER_REGISTRY.names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -15,7 +22,7 @@ class RegularizerConfig(ConfigMixin):
     """A sparsifying regularizer and its strength schedule (see `hf_sparse.regularizers`).
 
     Args:
-        name: Which regularizer: ``"group_lasso"`` (decoupled, DynSparse Eq. 2), ``"l1"`` (coupled penalty),
+        name: A registered regularizer (`hf_sparse.register_regularizer`); built in: ``"group_lasso"`` (decoupled, DynSparse Eq. 2), ``"l1"`` (coupled penalty),
             ``"pwd"`` (decoupled p-norm weight decay), ``"weight_decay"`` (ordinary decoupled weight decay),
             ``"str"`` (soft-threshold reparametrisation), ``"spred"`` (``W * U`` reparametrisation with weight
             decay) or ``"drt"`` (deep-relative-trust shrinkage ``||W||_F / ||g||_F``).
@@ -41,7 +48,10 @@ class RegularizerConfig(ConfigMixin):
 
     config_name: ClassVar[str] = "regularizer_config"
 
-    name: str = field(default="weight_decay", metadata={"help": f"Regularizer, one of {', '.join(REGULARIZERS)}."})
+    name: str = field(
+        default="weight_decay",
+        metadata={"help": "A registered regularizer: group_lasso, l1, pwd, weight_decay, str, spred, drt, or your own."},
+    )
     strength: float = field(default=0.0, metadata={"help": "Regularisation coefficient lambda (>= 0)."})
     p: float = field(default=1.0, metadata={"help": "Exponent of the p-norm weight decay, in (0, 2]."})
     eps: float = field(default=1e-6, metadata={"help": "Stability constant of the Group Lasso / DRT denominators."})
@@ -64,7 +74,7 @@ class RegularizerConfig(ConfigMixin):
     )
 
     def __post_init__(self) -> None:
-        _check_choice("name", self.name, REGULARIZERS)
+        REGULARIZER_REGISTRY.get(self.name)  # unknown names fail here, listing the registered ones
         for key in ("strength", "p", "eps", "w_std", "s_init"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:

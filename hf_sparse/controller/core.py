@@ -25,7 +25,7 @@ from typing import Any, Dict, Optional, Union
 import torch
 from torch import nn
 
-from ..algorithms import SparsityAlgorithm, build_algorithm
+from ..algorithms import ALGORITHM_REGISTRY, SparsityAlgorithm, build_algorithm
 from ..config import DynamicSparsityConfig, SparsityConfig
 from .checks import check_distributed_masks, check_not_sharded, mask_audit, sparsity_metrics, unwrap_model
 from .grad_capture import GradientHooks
@@ -79,8 +79,9 @@ class SparsityController:
             raise TypeError(f"dynamic_config must be a DynamicSparsityConfig, got {type(dynamic_config).__name__}.")
         if sparsity_config is not None and not isinstance(sparsity_config, SparsityConfig):
             raise TypeError(f"sparsity_config must be a SparsityConfig, got {type(sparsity_config).__name__}.")
+        algorithm_cls = ALGORITHM_REGISTRY.get(dynamic_config.algorithm)
         if total_steps is None:
-            if dynamic_config.algorithm != "static":
+            if algorithm_cls.updates_masks:
                 raise ValueError(f"total_steps is required for algorithm={dynamic_config.algorithm!r}.")
             total_steps = 1
         if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
@@ -118,7 +119,7 @@ class SparsityController:
         self._frozen: Dict[str, torch.Tensor] = {}
         self._grads = GradientHooks(modules)
         self._inner_optimizer = unwrap_optimizer(optimizer)
-        if self._inner_optimizer is None and dynamic_config.algorithm != "static":
+        if self._inner_optimizer is None and algorithm_cls.updates_masks:
             logger.warning("SparsityController got no optimizer: optimizer state of re-allocated weights is not reset.")
         check_optimizer_holds(self._inner_optimizer, modules)
         if reset_optimizer_state:
@@ -253,8 +254,8 @@ class SparsityController:
     def _metrics(self, stats: Dict[str, Dict[str, int]], step: Optional[int] = None) -> Dict[str, float]:
         out = sparsity_metrics(self.modules, self.ever_active, stats, self.dynamic_config.log_per_layer)
         out["sparsity/num_updates"] = float(self.num_updates)
-        if step is not None and self.algorithm.name in ("dynsparse", "set", "rigl"):
-            out["sparsity/prune_ratio"] = self.algorithm.schedule.ratio(step)
+        if step is not None:
+            out.update(self.algorithm.extra_metrics(step))
         return out
 
     def layer_metrics(self) -> Dict[str, Dict[str, float]]:

@@ -3,12 +3,12 @@ final per-layer densities the schedule aims at."""
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Dict, Optional
 
 import torch
 from torch import nn
 
+from ..algorithms import ALGORITHM_REGISTRY
 from ..config import DynamicSparsityConfig, SparsityConfig
 from .optim_state import unwrap_optimizer
 from ..layers import SparseMixin
@@ -22,16 +22,15 @@ def sparsify_for_training_(
     dynamic_config: DynamicSparsityConfig,
     optimizer: Optional[torch.optim.Optimizer] = None,
 ) -> Dict[str, SparseMixin]:
-    """Sparsifies ``model`` in place at the density the algorithm starts from (GMP: ``gmp_initial_density``).
+    """Sparsifies ``model`` in place at the density the algorithm starts from (its ``initial_sparsity_config``).
 
     Checks first that ``optimizer`` (when given) holds the target weights, so a failure leaves the model as it was.
 
     Returns:
         The sparse layers by name.
     """
-    start_cfg = sparsity_config
-    if dynamic_config.algorithm == "gmp":
-        start_cfg = dataclasses.replace(sparsity_config, sparsity=1.0 - dynamic_config.gmp_initial_density)
+    # The algorithm says where it starts (GMP: denser than its target, pruning down along its schedule).
+    start_cfg = ALGORITHM_REGISTRY.get(dynamic_config.algorithm).initial_sparsity_config(sparsity_config, dynamic_config)
     inner = unwrap_optimizer(optimizer)
     if inner is not None:
         held = {id(p) for group in inner.param_groups for p in group["params"]}

@@ -22,21 +22,34 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..config import RegularizerConfig, SparsityConfig
+from ..config.registry import REGULARIZER_REGISTRY
 from ..layers import SPARSE_CLASSES, SparseMixin, is_sparse_module
 from ..patching import sparse_modules
 from ..targets import _matches, find_target_modules
 
 logger = logging.getLogger(__name__)
 
-REGISTRY: Dict[str, Type["Regularizer"]] = {}
+#: Regularizer classes by name (a live, read-only view of `hf_sparse.config.REGULARIZER_REGISTRY`).
+REGISTRY = REGULARIZER_REGISTRY
 
 
 def register_regularizer(cls: Type["Regularizer"]) -> Type["Regularizer"]:
-    """Class decorator adding a `Regularizer` subclass to the registry under ``cls.name``."""
-    if cls.name in REGISTRY and REGISTRY[cls.name] is not cls:
-        raise ValueError(f"A regularizer named {cls.name!r} is already registered ({REGISTRY[cls.name].__name__}).")
-    REGISTRY[cls.name] = cls
-    return cls
+    """Registers a `Regularizer` subclass under ``cls.name`` (use as a class decorator).
+
+    Once registered, the name is accepted by `RegularizerConfig(name=...)`, `build_regularizer` and the recipes'
+    ``--regularizer.name``.
+
+    Example:
+        >>> @hf_sparse.register_regularizer
+        ... class Lp(hf_sparse.regularizers.Regularizer):
+        ...     name = "lp"
+        ...     coupled = True
+        ...     def penalty(self, model, step=None): ...
+        >>> reg = hf_sparse.build_regularizer(name="lp", strength=1e-5)
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Regularizer)):
+        raise TypeError(f"register_regularizer takes a Regularizer subclass, got {cls!r}.")
+    return REGULARIZER_REGISTRY.register(cls)
 
 
 def build_regularizer(config: Optional[RegularizerConfig] = None, **kwargs) -> "Regularizer":
@@ -57,9 +70,7 @@ def build_regularizer(config: Optional[RegularizerConfig] = None, **kwargs) -> "
         raise TypeError(f"Pass either a config or keyword fields, not both (got {sorted(kwargs)}).")
     if not isinstance(config, RegularizerConfig):
         raise TypeError(f"config must be a RegularizerConfig, got {type(config).__name__}.")
-    if config.name not in REGISTRY:
-        raise ValueError(f"No regularizer registered as {config.name!r}; known: {', '.join(sorted(REGISTRY))}.")
-    return REGISTRY[config.name](config)
+    return REGULARIZER_REGISTRY.get(config.name)(config)
 
 
 def raw_weight(module: nn.Module) -> torch.Tensor:
