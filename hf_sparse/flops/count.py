@@ -31,6 +31,7 @@ from transformers.pytorch_utils import Conv1D
 
 from ..ift.sizing import search_space_cardinality
 from ..layers import is_sparse_module
+from ..targets import module_group
 
 __all__ = [
     "GROUPS",
@@ -49,13 +50,9 @@ __all__ = [
 TRAIN_FACTOR = 3
 GROUPS = ("qkv", "attn_scores", "attn_values", "attn_output", "ffn", "embeddings", "other")
 
-# Matched with `re.search` against full module names; the trailing `(\.|$)` also catches the sub-modules of a
-# Sparse-IFT module that replaced the layer (e.g. `h.0.attn.c_attn.branches.1`).
-_GROUP_PATTERNS = (
-    ("qkv", re.compile(r"(^|\.)(attn\.c_attn|attn\.q_attn|attention\.self\.(query|key|value))(\.|$)")),
-    ("attn_output", re.compile(r"(^|\.)(attn\.c_proj|attention\.output\.dense)(\.|$)")),
-    ("ffn", re.compile(r"(^|\.)(mlp\.c_fc|mlp\.c_proj|intermediate\.dense|layer\.\d+\.output\.dense)(\.|$)")),
-)
+# FLOP groups from the shared module groups of `hf_sparse.targets` (both FFN projections count as "ffn"); the
+# sub-modules of a Sparse-IFT module that replaced a layer (e.g. ``h.0.attn.c_attn.branches.1``) join its group.
+_FLOP_GROUP = {"qkv": "qkv", "attn_out": "attn_output", "ffn_up": "ffn", "ffn_down": "ffn"}
 # Layers that see one vector per sequence (the [CLS] pooler and what consumes its output), not every token.
 _POOLED = re.compile(r"(^|\.)(pooler|seq_relationship)(\.|$)")
 
@@ -224,10 +221,7 @@ class FlopCount(_TrainFlops):
 def _group_of(name: str, module: nn.Module, out_emb: Optional[nn.Module]) -> str:
     if out_emb is not None and module is out_emb:
         return "embeddings"
-    for group, pattern in _GROUP_PATTERNS:
-        if pattern.search(name):
-            return group
-    return "other"
+    return _FLOP_GROUP.get(module_group(name, include_submodules=True), "other")
 
 
 def _is_pooled(name: str, model: nn.Module) -> bool:
