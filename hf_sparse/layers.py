@@ -37,7 +37,7 @@ class SparseMixin:
         straight_through: When ``True``, gradients reach inactive weights too.
         inactive_mode: ``"zero"`` (inactive weights count as zero) or ``"frozen"`` (they take part in the
             forward pass with their stored values but get no gradient: the "untrained" inactive weights of
-            DynSparse, seed paper 000 Sec. 1.2). Set by `SparsityController` from
+            DynSparse, Dietrich et al. 2021, arXiv:2108.06277 Sec. 1.2). Set by `SparsityController` from
             ``DynamicSparsityConfig.inactive``; use `set_inactive_mode_` to change it.
     """
 

@@ -1,4 +1,4 @@
-"""The sparse learning-rate rule of the DynSparse paper (seed paper 000, Eq. 3)."""
+"""The sparse learning-rate rule of the DynSparse paper (Dietrich et al. 2021, arXiv:2108.06277, Eq. 3)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 def sparse_lr(base_lr: float, sparsity: float) -> float:
     """Optimal learning rate of a sparse model from the dense model's: ``eta(s) = eta(0) * exp(1.969 s^2 + 0.2905 s)``.
 
-    Fitted on static unstructured sparse BERT-Medium and checked on DynSparse and 16x16 blocks (seed paper 000,
+    Fitted on static unstructured sparse BERT-Medium and checked on DynSparse and 16x16 blocks (Dietrich et al. 2021, arXiv:2108.06277,
     Sec. 3 and App. A.4).
 
     Args:

@@ -1,6 +1,6 @@
 """SQuAD v1.1 fine-tuning of a (sparse) BERT checkpoint, reporting exact match and F1.
 
-Settings of the Sparse-IFT paper (seed 004), App. C.2: max length 384, doc stride 128, n-best 20, max answer length
+Settings of the Sparse-IFT paper (Saxena et al. 2023, arXiv:2303.11525), App. C.2: max length 384, doc stride 128, n-best 20, max answer length
 30. ``--sparse_finetune`` keeps the checkpoint's masks fixed (static sparse fine-tuning; from a dense checkpoint
 it first makes magnitude masks from the ``sparsity:`` section); ``--dense_finetune`` densifies first (SPDF).
 Either works from an hf_sparse checkpoint or a plain dense one.

@@ -1,6 +1,6 @@
 """WikiText-103 / WikiText-2 fine-tuning of a (sparse) GPT-2 checkpoint, reporting perplexity.
 
-Sparse-IFT paper (seed 004), App. C.2: the pre-trained model is fine-tuned on WikiText with the causal-LM loss;
+Sparse-IFT paper (Saxena et al. 2023, arXiv:2303.11525), App. C.2: the pre-trained model is fine-tuned on WikiText with the causal-LM loss;
 perplexity = exp(mean evaluation loss) over packed blocks of ``--max_seq_length`` tokens. ``--sparse_finetune``
 keeps the masks fixed (from a dense checkpoint: magnitude masks from the ``sparsity:`` section first);
 ``--dense_finetune`` densifies first (SPDF). Either works from an hf_sparse checkpoint or a plain dense one, and a

@@ -1,6 +1,6 @@
 """BERT phase-1 pre-training (MLM + NSP, sequence length 128), dense, static sparse or dynamic sparse.
 
-Follows the DynSparse BERT paper (seed 000), App. A: Adam (0.9, 0.999), eps 1e-6, weight decay 0.01, gradient
+Follows the DynSparse BERT paper (Dietrich et al. 2021, arXiv:2108.06277), App. A: Adam (0.9, 0.999), eps 1e-6, weight decay 0.01, gradient
 clipping 1.0, 10,000 linear warm-up steps then linear decay, LR 2e-4 (Medium) / 1e-4 (Base), 15% whole-word
 masking with at most 20 predictions, 50% random next segments. The MLM head runs only at masked positions
 (`hf_sparse.BertForPreTrainingMasked`; ``--masked_mlm_head false`` for the transformers default).
@@ -39,7 +39,7 @@ from hf_sparse.data import (  # noqa: E402
 
 logger = logging.getLogger("hf_sparse.recipes.pretrain_bert")
 
-#: Paper defaults (seed 000, App. A; Medium). YAML and the command line override them.
+#: Paper defaults (Dietrich et al. 2021, arXiv:2108.06277, App. A; Medium). YAML and the command line override them.
 DEFAULTS = dict(
     model_preset="bert-medium", dataset_name="wikimedia/wikipedia,bookcorpus/bookcorpus",
     dataset_config_name="20231101.en,", tokenizer_name="bert-base-uncased", max_seq_length=128,

@@ -1,6 +1,6 @@
 """GPT-2 / GPT-3 Small / Cerebras-GPT pre-training on the Pile, dense, sparse or Sparse-IFT.
 
-Defaults follow the Sparse-IFT paper (seed 004), App. C.2.2, and Cerebras-GPT (seed 003), Sec. 5: AdamW (0.9,
+Defaults follow the Sparse-IFT paper (Saxena et al. 2023, arXiv:2303.11525), App. C.2.2, and Cerebras-GPT (Singh et al. 2024), Sec. 5: AdamW (0.9,
 0.999), eps 1e-8, weight decay 0.1, gradient clipping 1.0, linear warm-up then cosine decay to 10% of the peak
 LR 6e-4, context 2048 (``--max_seq_length``). Documents are tokenized with the GPT-2 BPE and packed into
 fixed-length blocks with ``<|endoftext|>`` between documents. A ``sparsity:`` section trains the preset sparse

@@ -154,7 +154,7 @@ class SparsityAlgorithm:
 
     @staticmethod
     def magnitude_scores(module: SparseMixin) -> torch.Tensor:
-        """``|w|`` per weight, or the block norm per block (seed paper 000, Eq. 1)."""
+        """``|w|`` per weight, or the block norm per block (Dietrich et al. 2021, arXiv:2108.06277, Eq. 1)."""
         return granule_scores(module.weight.detach(), module.structure)
 
     @staticmethod

@@ -18,7 +18,7 @@ from .base import LayerUpdate, SparsityAlgorithm
 
 
 class DynSparseAlgorithm(SparsityAlgorithm):
-    """``dynsparse`` (seed paper 000, Algorithm 1): magnitude / block-norm pruning, random re-allocation."""
+    """``dynsparse`` (Dietrich et al. 2021, arXiv:2108.06277, Algorithm 1): magnitude / block-norm pruning, random re-allocation."""
 
     name = "dynsparse"
     structures = ("unstructured", "block")

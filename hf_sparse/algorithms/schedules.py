@@ -23,7 +23,7 @@ def _round(x: float) -> int:
 def prune_ratio_at(step: int, max_ratio: float, horizon: int, kind: str = "cosine") -> float:
     """The pruning ratio ``pr(t)`` at ``step``, decaying from ``max_ratio`` to 0 at ``horizon``.
 
-    ``cosine``: ``pr0 / 2 * (1 + cos(pi * t / T_end))`` (RigL; seed paper 000 Sec. 2.1), ``linear``:
+    ``cosine``: ``pr0 / 2 * (1 + cos(pi * t / T_end))`` (RigL; Dietrich et al. 2021, arXiv:2108.06277 Sec. 2.1), ``linear``:
     ``pr0 * (1 - t / T_end)``, ``constant``: ``pr0``. Past the horizon the ratio is 0 (constant stays ``pr0``).
 
     Args:
@@ -72,7 +72,7 @@ class UpdateSchedule:
     """When pattern updates happen and how much they prune.
 
     Updates happen every ``interval`` steps (fractional intervals are rounded per update, so ``num_updates=n``
-    gives updates at ``round(k * T / n)``, ``k = 1..n-1``, seed paper 000 Algorithm 1), strictly after
+    gives updates at ``round(k * T / n)``, ``k = 1..n-1``, Dietrich et al. 2021, arXiv:2108.06277 Algorithm 1), strictly after
     ``start_step`` and at most at ``end_step``; never at or after ``total_steps`` (an update after the last
     optimizer step would train nothing). With ``include_end`` ``end_step`` itself is an update (GMP reaches its
     final density there).

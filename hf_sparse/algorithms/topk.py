@@ -1,4 +1,4 @@
-"""``topk``: top-d magnitude rewiring with straight-through gradients (seed paper 002, Algorithm 1).
+"""``topk``: top-d magnitude rewiring with straight-through gradients (the NVIDIA sparse-training study, anonymous ICLR 2022 submission, Algorithm 1).
 
 Every ``update_interval`` (``r``) steps the ``d`` largest weights (largest blocks, or the best N:M / transposable
 N:M pattern) of each layer participate in the forward pass. Non-participating weights keep receiving gradient

@@ -1,6 +1,6 @@
 """Reading a sparse checkpoint's own files (``sparsity_config.json`` and the masks) and validating them.
 
-Split from `hf_sparse.checkpoint` (which saves, restores and re-exports these): everything here only reads JSON and
+Everything here only reads JSON and
 safetensors, checks it against itself (format version, record shapes, SHA-256 of every file, active counts, mask
 structure) and raises `CheckpointError` naming the file and module at the first problem.
 """

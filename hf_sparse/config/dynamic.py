@@ -45,12 +45,12 @@ class DynamicSparsityConfig(ConfigMixin):
         inactive: ``"zero"`` (inactive weights are exactly zero) or ``"frozen"`` (inactive weights keep their
             initial values, take part in the forward pass with them but get no gradient and are never updated;
             re-allocated weights resume from their kept value; checkpoints store the full weights).
-        apply_sparse_lr: Scale the learning rate by the sparse learning-rate rule (seed paper 000, Eq. 3).
+        apply_sparse_lr: Scale the learning rate by the sparse learning-rate rule (Dietrich et al. 2021, arXiv:2108.06277, Eq. 3).
         gmp_initial_density: Density GMP starts from (1.0 = dense).
         topk_exploitation: ``"FIX"`` (stop rewiring after ``topk_fix_fraction`` and zero non-participating
             weights), ``"RESET"`` (zero them every ``topk_reset_interval`` steps) or ``"REGULARIZE"`` (decay them
             by ``topk_regularize_beta`` every step).
-        topk_fix_fraction: ``v`` of seed paper 002: fraction of training after which FIX stops rewiring.
+        topk_fix_fraction: ``v`` of the NVIDIA sparse-training study, anonymous ICLR 2022 submission: fraction of training after which FIX stops rewiring.
         topk_reset_interval: ``z``: steps between RESETs.
         topk_regularize_beta: ``beta``: per-step decay of non-participating weights for REGULARIZE.
         topk_ste_scale: Scale ``s`` of the straight-through gradient reaching non-participating weights.
@@ -69,7 +69,7 @@ class DynamicSparsityConfig(ConfigMixin):
         metadata={"help": "A registered algorithm: static, dynsparse, set, rigl, gmp, topk, or your own."},
     )
     num_updates: Optional[int] = field(
-        default=None, metadata={"help": "Number of pattern updates spread over training (seed 000's n)."}
+        default=None, metadata={"help": "Number of pattern updates spread over training (n of Dietrich et al. 2021, arXiv:2108.06277)."}
     )
     update_interval: Optional[int] = field(
         default=None, metadata={"help": "Optimizer steps between pattern updates (RigL/SET Delta T)."}
@@ -88,7 +88,7 @@ class DynamicSparsityConfig(ConfigMixin):
         default="zero", metadata={"help": f"Inactive weights, one of {', '.join(INACTIVE_MODES)}."}
     )
     apply_sparse_lr: bool = field(
-        default=False, metadata={"help": "Scale the learning rate with the sparse LR rule (seed 000 Eq. 3)."}
+        default=False, metadata={"help": "Scale the learning rate with the sparse LR rule (Dietrich et al. 2021, arXiv:2108.06277 Eq. 3)."}
     )
     gmp_initial_density: float = field(default=1.0, metadata={"help": "Density GMP starts from (1.0 = dense)."})
     topk_exploitation: str = field(

@@ -106,7 +106,7 @@ def sparsity_metrics(
 
     Args:
         modules: The sparse layers.
-        ever_active: Per layer, the weights that were ever active (seed paper 000, Sec. 3.1: explored DOF).
+        ever_active: Per layer, the weights that were ever active (Dietrich et al. 2021, arXiv:2108.06277, Sec. 3.1: explored DOF).
         stats: Per layer, ``active_before``, ``removed`` and ``removed_were_new`` counts of the latest update.
         per_layer: Also report each layer.
 

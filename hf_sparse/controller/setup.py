@@ -41,7 +41,7 @@ def sparsify_for_training_(
                 f"{'...' if len(missing) > 3 else ''}; build it from model.parameters()."
             )
     frozen = dynamic_config.inactive == "frozen"
-    # Frozen inactive weights keep the values they start with (seed paper 000, Fig. 1a "untrained"), so the
+    # Frozen inactive weights keep the values they start with (Dietrich et al. 2021, arXiv:2108.06277, Fig. 1a "untrained"), so the
     # values sparsify_ zeroes are put back; with a fresh init they are that init, drawn again from its seed.
     kept = (
         {n: m.weight.detach().clone() for n, m in find_target_modules(model, start_cfg).items()}

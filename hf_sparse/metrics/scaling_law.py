@@ -1,4 +1,4 @@
-"""Scaling-law advantages of sparse training (seed paper 003, Sec. 5).
+"""Scaling-law advantages of sparse training (Singh et al. 2024, Sec. 5).
 
 FLOPs a compute-efficient dense model would need to reach the same loss (Eq. 3, 6, 8), minus the sparse FLOPs
 actually spent (Eq. 7, 9). FLOP counts are plain inputs (per module group, from `hf_sparse.flops` or any other
@@ -13,10 +13,10 @@ from typing import Mapping
 
 @dataclass(frozen=True)
 class ScalingLaw:
-    """Compute-efficient scaling law ``L(f) = (f / f_b)^-gamma + E`` (003 Eq. 3) and its FLOPs-per-token fit
+    """Compute-efficient scaling law ``L(f) = (f / f_b)^-gamma + E`` (Singh et al. 2024, Eq. 3) and its FLOPs-per-token fit
     ``f_d(L) = d_coef * L^d_exp`` (Eq. 8). Defaults: the Pile fit of Dey et al. (2023) used by the paper.
 
-    ``f_d`` is in the FLOPs-per-token units of 003 Algorithm 2 (I = 3: forward and backward); a 111M-parameter
+    ``f_d`` is in the FLOPs-per-token units of Singh et al. 2024, Algorithm 2 (I = 3: forward and backward); a 111M-parameter
     Cerebras-GPT at L ~ 2.6 gives ~8e8, matching Algorithm 2's count for that model, so sparse FLOPs per token
     passed to `inference_advantage` must use the same accounting.
     """
@@ -78,7 +78,7 @@ class Advantage:
 
 
 def sparse_flops(flops_by_group: Mapping[str, float], density_by_group: Mapping[str, float]) -> float:
-    """FLOPs with each group's FLOPs scaled by its density (003 App. A); groups without a density stay dense.
+    """FLOPs with each group's FLOPs scaled by its density (Singh et al. 2024, App. A); groups without a density stay dense.
 
     Args:
         flops_by_group: Dense FLOPs per group (``"qkv"``, ``"attn_out"``, ``"ffn_up"``, ``"ffn_down"`` and any
@@ -99,7 +99,7 @@ def sparse_flops(flops_by_group: Mapping[str, float], density_by_group: Mapping[
 
 
 def pretraining_advantage(loss: float, sparse_training_flops: float, law: ScalingLaw = PILE_SCALING_LAW) -> Advantage:
-    """Pre-training advantage (003 Eq. 7): ``f_hat(L) - s(eps, rho_bar)``.
+    """Pre-training advantage (Singh et al. 2024, Eq. 7): ``f_hat(L) - s(eps, rho_bar)``.
 
     Args:
         loss: Validation loss the sparse run reached.
@@ -117,7 +117,7 @@ def pretraining_advantage(loss: float, sparse_training_flops: float, law: Scalin
 
 
 def inference_advantage(loss: float, sparse_flops_per_token: float, law: ScalingLaw = PILE_SCALING_LAW) -> Advantage:
-    """Inference advantage (003 Eq. 9): ``f_hat_d(L) - s_d(eps, rho_D)`` with the final checkpoint's densities.
+    """Inference advantage (Singh et al. 2024, Eq. 9): ``f_hat_d(L) - s_d(eps, rho_D)`` with the final checkpoint's densities.
 
     Args:
         loss: Validation loss of the final checkpoint.

@@ -100,7 +100,7 @@ def threshold_sparsity(
     modules: Optional[Mapping[str, nn.Module]] = None,
     patterns: Optional[Mapping[str, str]] = None,
 ) -> ThresholdSparsity:
-    """Measures ``s(eps)`` of the effective weights of every measured layer (seed paper 003, Eq. 1).
+    """Measures ``s(eps)`` of the effective weights of every measured layer (Singh et al. 2024, Eq. 1).
 
     Eq. 1 is printed as ``w < eps``; the paper tracks "the absolute value of the histogram" of the weights
     (Sec. 5), so the count here is of magnitudes, ``|w_eff| < eps`` (strict: ``|w| == eps`` is not sparse).
@@ -137,7 +137,7 @@ class ThresholdSparsityTracker:
 
     Args:
         model: The model (layers are resolved once, at construction).
-        every: Measurement interval in optimizer steps (003 App. C: 10).
+        every: Measurement interval in optimizer steps (Singh et al. 2024, App. C: 10).
         thresholds: ``eps`` values.
         modules, patterns: As in `threshold_sparsity`.
 
@@ -221,7 +221,7 @@ class ThresholdSparsityTracker:
 
         Each measurement holds until the next one (the last until ``total_steps``, default one interval
         after it; a record taken at ``total_steps`` itself, after the last update, gets no weight): the
-        average density rho-bar that scales the pre-training FLOPs (003 Eq. 7).
+        average density rho-bar that scales the pre-training FLOPs (Singh et al. 2024, Eq. 7).
         """
         if eps not in self.thresholds:
             raise ValueError(f"eps={eps!r} is not a tracked threshold ({list(self.thresholds)}).")

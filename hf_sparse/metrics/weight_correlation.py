@@ -1,4 +1,4 @@
-"""Weight-correlation analysis (seed paper 002, Sec. 2): how long weights stay correlated with their future.
+"""Weight-correlation analysis (the NVIDIA sparse-training study, anonymous ICLR 2022 submission, Sec. 2): how long weights stay correlated with their future.
 
 Each sampled weight is a time series ``w_1 ... w_T`` (snapshots taken every few steps). For a lag ``tau`` the
 Pearson coefficient between the windows ``x = (w_1 ... w_{T-tau})`` and ``y = (w_{1+tau} ... w_T)`` says how
@@ -158,7 +158,7 @@ def decorrelation_time(series: torch.Tensor, max_lag: Optional[int] = None) -> T
 
 @dataclass
 class DecorrelationResult:
-    """Decorrelation time per bin of final weight magnitude (seed paper 002, Fig. 1).
+    """Decorrelation time per bin of final weight magnitude (the NVIDIA sparse-training study, anonymous ICLR 2022 submission, Fig. 1).
 
     Attributes:
         bin_edges: ``[B + 1]`` magnitude edges (equal-count bins of the final magnitudes).

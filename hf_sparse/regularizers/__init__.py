@@ -1,4 +1,4 @@
-"""Sparsifying regularizers (seed papers 000 Eq. 2 and 003 Table 1 / App. B), usable from any training loop.
+"""Sparsifying regularizers (Dietrich et al. 2021, arXiv:2108.06277, Eq. 2; Singh et al. 2024, Table 1 / App. B), usable from any training loop.
 
 Plain PyTorch loop::
 

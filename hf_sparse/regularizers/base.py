@@ -2,7 +2,7 @@
 
 A regularizer acts on the *target layers* of a model: the sparse layers of a sparsified model, or the
 ``target_modules`` of its `RegularizerConfig` resolved like `SparsityConfig.target_modules`. Two kinds exist
-(seed paper 003, Algorithm 1 and Table 1):
+(Singh et al. 2024, Algorithm 1 and Table 1):
 
 - *coupled* ones contribute a ``penalty(model)`` that is added to the loss, so their gradient goes through the
   (adaptive) optimizer (L1);

@@ -1,4 +1,4 @@
-"""Coupled regularizers: loss penalties whose gradient goes through the optimizer (seed paper 003, Eq. 5)."""
+"""Coupled regularizers: loss penalties whose gradient goes through the optimizer (Singh et al. 2024, Eq. 5)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ class L1(Regularizer):
     """L1 penalty ``lambda * sum |W_eff|`` over the target layers' effective weights.
 
     Its gradient ``lambda * sign(W)`` is added to the task gradient and therefore passes through Adam's
-    moments: the *coupled* L1 of seed paper 003 (Eq. 5, Table 1 "PreReg"). Masked weights of sparse layers
+    moments: the *coupled* L1 of Singh et al. 2024 (Eq. 5, Table 1 "PreReg"). Masked weights of sparse layers
     contribute nothing (their effective value is exactly zero).
 
     Example:

@@ -84,7 +84,7 @@ class GroupLasso(Regularizer):
 
 @register_regularizer
 class PNormWeightDecay(Regularizer):
-    """Decoupled p-norm weight decay, pWD (Outmezguine & Levi 2024; seed paper 003, App. B), for p in (0, 2].
+    """Decoupled p-norm weight decay, pWD (Outmezguine & Levi 2024; Singh et al. 2024, App. B), for p in (0, 2].
 
     The L_p penalty is written with auxiliary variables, ``R_p(w, s) = lambda/p * sum(s*w^2 + K(s))`` with
     ``K(s) = (2-p)/p * s^(p/(p-2))``; minimising over ``s`` gives ``s = |w|^(p-2)`` (set dR/ds = 0:
@@ -128,8 +128,8 @@ class PNormWeightDecay(Regularizer):
 class DeepRelativeTrust(Regularizer):
     """DRT: shrinks each layer along the gradient of its deep-relative-trust ratio ``R(W) = ||W||_F / ||g||_F``.
 
-    Bernstein et al.'s Fromage rule trusts an update in proportion to ``||W|| / ||g||`` per layer; seed paper
-    003 (App. B) turns the ratio into a regulariser that penalises magnitude growth. Its decoupled step, with
+    Bernstein et al.'s Fromage rule trusts an update in proportion to ``||W|| / ||g||`` per layer; Singh et al.
+    2024 (App. B) turn the ratio into a regulariser that penalises magnitude growth. Its decoupled step, with
     the gradient ``g`` held fixed, is ``W <- W - lr * lambda * dR/dW = W * (1 - lr * lambda / (||W||_F ||g||_F))``
     (factor clamped at 0). ``g`` is the layer's current ``.grad`` (call `apply_` after ``optimizer.step()`` and
     before ``zero_grad()``, which is where the Trainer callback runs); layers without a gradient are skipped.

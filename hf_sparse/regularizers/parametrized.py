@@ -122,7 +122,7 @@ class _Reparametrization(Regularizer):
         return [self._own_parameter(m) for m in self.targets(model).values()]
 
     def _decay_(self, name: str, module: nn.Module, scale: float) -> int:
-        # Table 1 of seed paper 003: ordinary decoupled weight decay on the stored tensors (for STR this also
+        # Table 1 of Singh et al. 2024: ordinary decoupled weight decay on the stored tensors (for STR this also
         # pulls s towards 0, raising the threshold sigmoid(s): the sparsifying pressure of STR).
         raw_weight(module).mul_(1.0 - scale)
         self._own_parameter(module).mul_(1.0 - scale)

@@ -107,7 +107,7 @@ def threshold_sparsity_curves(run: RunData, path: Path) -> Optional[Path]:
     for j, e in enumerate(eps):
         left.plot(steps, whole[:, j].tolist(), marker=".", label=f"eps = {e:.2g}")
     left.set_title(f"{run.name}: all measured layers")
-    # One threshold for the per-group panel: the one nearest 2^-13 (seed paper 003's headline value).
+    # One threshold for the per-group panel: the one nearest 2^-13 (the Singh et al. 2024 paper's headline value).
     j = min(range(len(eps)), key=lambda i: abs(eps[i] - 2.0 ** -13))
     for g, values in groups.items():
         if g != "all":

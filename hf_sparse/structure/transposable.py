@@ -1,7 +1,8 @@
 """Transposable N:M masks: every ``m x m`` tile holds ``n`` active weights per row *and* per column, so the mask
 and its transpose are both N:M (the forward and the backward product can both use N:M sparse kernels).
 
-Split from `hf_sparse.structure`, which re-exports everything here; pure tensor functions, no state.
+Pure tensor functions, no state (re-exported by `hf_sparse.structure`). Transposable 2:4 masks come from the
+NVIDIA sparse-training study (anonymous ICLR 2022 submission), App. E.
 """
 
 from __future__ import annotations
