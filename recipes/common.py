@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import logging
 import math
@@ -158,6 +159,10 @@ def parse_args(
         defaults: The script's paper defaults for any top-level field.
         extra: Unused hook for scripts with more dataclasses (kept empty by the recipes here).
 
+    ``--plugins mod1,mod2`` imports those modules first (e.g. ones that define algorithms or regularizers with
+    `hf_sparse.register_algorithm` / `hf_sparse.register_regularizer`), so their names work in ``dynamic:`` /
+    ``regularizer:`` sections and options.
+
     Returns:
         ``(model_args, data_args, training_args, sparse)`` where ``sparse`` maps ``sparsity`` / ``dynamic`` /
         ``ift`` / ``regularizer`` to a config object or ``None``.
@@ -168,7 +173,12 @@ def parse_args(
     argv = list(sys.argv[1:] if argv is None else argv)
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
+    pre.add_argument("--plugins", default=None)
     known, rest = pre.parse_known_args(argv)
+    # User algorithms / regularizers register themselves when their module is imported: import them before any
+    # config is built, so `--dynamic.algorithm my_regrowth` is accepted like a built-in name.
+    for module in filter(None, (known.plugins or "").split(",")):
+        importlib.import_module(module.strip())
     file_values: Dict[str, Any] = {}
     if known.config is not None:
         if not os.path.isfile(known.config):

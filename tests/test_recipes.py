@@ -326,3 +326,19 @@ def test_make_trainer_wires_regularizers(tmp_path, name):
     before = {n: m.weight.detach().clone() for n, m in hf_sparse.sparse_modules(model).items()}
     trainer.train()
     assert all(not torch.equal(before[n], m.weight) for n, m in hf_sparse.sparse_modules(model).items())
+
+
+def test_plugins_register_user_algorithms_before_configs_are_built(tmp_path, monkeypatch):
+    (tmp_path / "my_sparse_plugin.py").write_text(
+        "import hf_sparse\n"
+        "@hf_sparse.register_algorithm\n"
+        "class PluginRegrowth(hf_sparse.algorithms.DynSparseAlgorithm):\n"
+        "    name = 'plugin_regrowth'\n"
+        "    defaults = {'update_interval': 7, 'prune_ratio': 0.2, 'end_fraction': 0.9}\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ValueError, match="plugin_regrowth.*not registered"):
+        common.parse_args(["--dynamic.algorithm", "plugin_regrowth", "--train_files", "a.txt"])
+    _, _, _, s = common.parse_args(["--plugins", "my_sparse_plugin", "--dynamic.algorithm", "plugin_regrowth",
+                                    "--train_files", "a.txt"])
+    assert s["dynamic"].algorithm == "plugin_regrowth" and s["dynamic"].update_interval == 7
