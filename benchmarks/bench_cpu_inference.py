@@ -5,7 +5,7 @@ Run: ``python benchmarks/bench_cpu_inference.py [--layers 12] [--batch 8] [--seq
 
 For every (structure, sparsity) it builds a BERT-Base encoder from its config (random weights, no download),
 sparsifies it with magnitude masks, and times the dense model (same zeros, plain GEMMs) against the converted
-one on the same ``batch x seq`` input, called in turn. The table gives both times, dense/sparse speedup, the
+one on the same ``batch x seq`` input, called in turn under ``torch.inference_mode()``. The table gives both times, dense/sparse speedup, the
 chosen representation per layer kind and the largest output difference. ``--layer-only`` instead times one
 768x3072 layer per candidate representation (to see what each kernel reaches on its own).
 Timings are the best of ``--repeats``; on a shared machine they are noisy, so compare rows of one run.
@@ -30,10 +30,9 @@ from hf_sparse.structure import MaskStructure, make_generator, random_mask
 STRUCTURES = {"unstructured": dict(structure="unstructured"), "block16": dict(structure="block", block_size=16)}
 
 
-
 def model_rows(args) -> None:
     print(f"BERT-Base encoder, {args.layers} layers, batch {args.batch} x {args.seq} tokens, "
-          f"{torch.get_num_threads()} threads, numba {'on' if numba_available() else 'off'}")
+          f"{torch.get_num_threads()} threads, numba {'on' if numba_available() else 'off'}, inference_mode")
     print(f"{'structure':<13}{'sparsity':>9}{'dense ms':>10}{'sparse ms':>11}{'speedup':>9}{'max|diff|':>11}  methods")
     for name in args.structures:
         for sparsity in args.sparsity:
@@ -51,7 +50,9 @@ def model_rows(args) -> None:
 def layer_rows(args) -> None:
     out_f, in_f, tokens = 3072, 768, args.batch * args.seq
     print(f"One {out_f}x{in_f} layer, {tokens} tokens, {torch.get_num_threads()} threads: speedup vs dense")
-    methods = [m for m in (args.methods or METHODS) if numba_available() or not m.startswith("numba")]
+    # The few-rows kernel is for decode steps (bench_generation.py), not for 1024-token inputs.
+    default = [m for m in METHODS if m != "numba_csr_rows"]
+    methods = [m for m in (args.methods or default) if numba_available() or not m.startswith("numba")]
     print(f"{'structure':<13}{'sparsity':>9}" + "".join(f"{m:>12}" for m in methods))
     x = torch.randn(tokens, in_f)
     for name in args.structures:

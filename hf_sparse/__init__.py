@@ -52,7 +52,7 @@ _LAZY: Dict[str, str] = {
         "checkpoint",
     ),
     "BertForPreTrainingMasked": "heads",
-    **dict.fromkeys(("SparseTrainer", "SparsityCallback"), "trainer"),
+    **dict.fromkeys(("DistillationConfig", "SparseTrainer", "SparsityCallback"), "trainer"),
     **dict.fromkeys(("LayerSparsity", "SparsityReport", "load_run", "sparsity_report", "write_report"), "reporting"),
 }
 _SUBMODULES = (
@@ -107,4 +107,4 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
     from .reporting import LayerSparsity, SparsityReport, load_run, sparsity_report, write_report  # noqa: F401
     from .structure import MaskStructure  # noqa: F401
     from .targets import DEFAULT_TARGET_MODULES, find_target_modules, module_group  # noqa: F401
-    from .trainer import SparseTrainer, SparsityCallback  # noqa: F401
+    from .trainer import DistillationConfig, SparseTrainer, SparsityCallback  # noqa: F401

@@ -7,12 +7,17 @@ runs the prediction head on those alone; the loss is identical to the default he
 
 It is a subclass with the same modules and parameter names, so its ``state_dict``, ``save_pretrained``
 checkpoints and sparse patching are exactly those of ``BertForPreTraining``: vanilla transformers loads its
-checkpoints with ``BertForPreTraining.from_pretrained`` (or any other BERT head class).
+checkpoints with ``BertForPreTraining.from_pretrained`` (or any other BERT head class). The saved ``config.json``
+names ``BertForPreTraining`` as the architecture, so Auto classes and the Hub widget resolve a transformers
+class: the gathered head is a training-time detail, not a checkpoint format.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+import json
+import os
+from pathlib import Path
+from typing import ClassVar, Optional, Union
 
 import torch
 from torch.nn import functional as F
@@ -36,6 +41,26 @@ class BertForPreTrainingMasked(BertForPreTraining):
     # The loss is a mean over masked tokens, not a sum: tell the Trainer not to rescale it by the number of
     # items in the batch (transformers 5 assumes so for any forward that takes **kwargs).
     accepts_loss_kwargs = False
+    #: The transformers class recorded as ``architectures`` in ``config.json`` (same weights and names).
+    checkpoint_architecture: ClassVar[str] = "BertForPreTraining"
+
+    def save_pretrained(self, save_directory: Union[str, os.PathLike], *args, **kwargs):
+        """``BertForPreTraining.save_pretrained`` with ``architectures: ["BertForPreTraining"]`` in ``config.json``.
+
+        transformers records the saving class's own name; that name would make vanilla ``AutoModel*`` loading and
+        the Hub look for a class transformers does not have.
+        """
+        if kwargs.get("push_to_hub"):
+            raise ValueError("push_to_hub=True would upload before config.json names BertForPreTraining; save, "
+                             "then push with huggingface_hub (or hf_sparse.push_to_hub for sparse models).")
+        out = super().save_pretrained(save_directory, *args, **kwargs)
+        self.config.architectures = [self.checkpoint_architecture]
+        config_file = Path(save_directory) / "config.json"
+        if kwargs.get("is_main_process", True) and config_file.is_file():
+            record = json.loads(config_file.read_text(encoding="utf-8"))
+            record["architectures"] = [self.checkpoint_architecture]
+            config_file.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        return out
 
     def forward(
         self,

@@ -7,14 +7,16 @@ and the model is exactly as it was.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from typing import Dict, List, Optional
+import re
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
 
 from .config import SparsityConfig
-from .structure import erk_densities, uniform_densities
+from .structure import pattern_densities
 from .layers import SparseMixin, is_sparse_module, sparse_class_for
 from .targets import DEFAULT_TARGET_MODULES, find_target_modules  # noqa: F401 - re-exported (old home)
 from .structure import MaskStructure, check_fits, make_generator, random_mask, select_mask
@@ -26,11 +28,60 @@ def sparse_modules(model: nn.Module) -> Dict[str, SparseMixin]:
     return {name: m for name, m in model.named_modules() if is_sparse_module(m)}
 
 
-def _layer_densities(targets: Dict[str, nn.Module], config: SparsityConfig) -> Dict[str, float]:
-    shapes = {name: tuple(m.weight.shape) for name, m in targets.items()}
-    if config.distribution == "erk":
-        return erk_densities(shapes, config.density)
-    return uniform_densities(shapes, config.density)
+def check_sparsity_pattern(names: Sequence[str], config: SparsityConfig) -> None:
+    """Raises ``ValueError`` when an entry of ``config.sparsity_pattern`` matches none of the target ``names``.
+
+    Args:
+        names: The target module names.
+        config: The sparsity config.
+    """
+    for regex in config.sparsity_pattern or {}:
+        if not any(re.fullmatch(regex, name) for name in names):
+            shown = ", ".join(list(names)[:4]) + (", ..." if len(names) > 4 else "")
+            raise ValueError(f"sparsity_pattern entry {regex!r} matches none of the {len(names)} target modules "
+                             f"({shown}); patterns are matched against the full module name.")
+
+
+def layer_densities(shapes: Mapping[str, Sequence[int]], config: SparsityConfig) -> Dict[str, float]:
+    r"""The target density of every layer under ``config``: its distribution and its ``sparsity_pattern``.
+
+    Modules named by the pattern get ``1 - pinned sparsity``; the others follow `pattern_densities` (uniform:
+    ``config.density``; ERK: what the pinned layers leave of the overall budget, shared by ERK). N:M structures
+    give every layer ``n / m`` of its own (pinned) N.
+
+    Args:
+        shapes: Weight shape per target module name.
+        config: The sparsity config.
+
+    Returns:
+        Density per module name.
+
+    Example:
+        >>> cfg = SparsityConfig(sparsity=0.9, sparsity_pattern={r".*\.query": 0.5})
+        >>> layer_densities({"l0.query": (8, 8), "l0.key": (8, 8)}, cfg)["l0.query"]
+        0.5
+    """
+    pinned = {}
+    for name in shapes:
+        s = config.pattern_sparsity(name)
+        if s is not None:
+            pinned[name] = 1.0 - s
+    return pattern_densities(shapes, config.density, pinned, config.distribution)
+
+
+def layer_structure(name: str, config: SparsityConfig) -> MaskStructure:
+    """The mask structure of module ``name``: the config's, with N set by ``sparsity_pattern`` for N:M structures.
+
+    Example:
+        >>> cfg = SparsityConfig(structure="nm", sparsity=None, sparsity_pattern={r".*query": 0.25})
+        >>> layer_structure("l0.query", cfg).describe()
+        '3:4'
+    """
+    structure = MaskStructure.from_config(config)
+    pinned = config.pattern_sparsity(name)
+    if structure.fixed_density is None or pinned is None:
+        return structure
+    return dataclasses.replace(structure, n=int(round((1.0 - pinned) * structure.m)))
 
 
 def _new_weight(module: nn.Module, config: SparsityConfig, name: str) -> torch.Tensor:
@@ -74,16 +125,18 @@ def sparsify_(model: nn.Module, config: SparsityConfig) -> nn.Module:
             f"{next(iter(already))!r}); call densify_(model) first."
         )
     targets = find_target_modules(model, config)
-    structure = MaskStructure.from_config(config)
+    check_sparsity_pattern(list(targets), config)
+    structures = {name: layer_structure(name, config) for name in targets}
     for name, module in targets.items():
-        check_fits(structure, module.weight.shape, sparse_class_for(module).input_dim, name)
-    densities = _layer_densities(targets, config)
+        check_fits(structures[name], module.weight.shape, sparse_class_for(module).input_dim, name)
+    densities = layer_densities({name: tuple(m.weight.shape) for name, m in targets.items()}, config)
     mask_init = config.resolved_mask_init
 
     plan = []  # (name, module, new weight values, mask); built completely before any mutation
     for name, module in targets.items():
         cls = sparse_class_for(module)
         values = _new_weight(module, config, name)
+        structure = structures[name]
         density = densities[name] if structure.fixed_density is None else structure.fixed_density
         if mask_init == "random":
             gen = make_generator(config.seed, "mask", name, device=values.device)
@@ -96,13 +149,14 @@ def sparsify_(model: nn.Module, config: SparsityConfig) -> nn.Module:
         for name, module, values, mask, density in plan:
             if config.init != "keep":
                 module.weight.copy_(values)
-            sparse = sparse_class_for(module).from_dense(module, mask, structure, density)
+            sparse = sparse_class_for(module).from_dense(module, mask, structures[name], density)
             sparse.weight.masked_fill_(~mask, 0)
             _set_submodule(model, name, sparse)
     set_sparsity_config(model, config)
     logger.info(
-        "Sparsified %d modules of %s: %s, sparsity %.4f (%s).",
-        len(plan), type(model).__name__, structure.describe(), config.sparsity, config.distribution,
+        "Sparsified %d modules of %s: %s, sparsity %.4f (%s%s).",
+        len(plan), type(model).__name__, MaskStructure.from_config(config).describe(), config.sparsity,
+        config.distribution, f", pattern {config.sparsity_pattern}" if config.sparsity_pattern else "",
     )
     return model
 

@@ -1,230 +1,35 @@
-"""Shared pieces of the recipes: argument dataclasses, ``--config file.yaml`` + command-line overrides, tokenizer
-resolution (or training), model presets, sparse set-up for fine-tuning and the final sparse checkpoint.
-
-Arguments come from three layers, later ones winning: the script's paper defaults, the YAML file given with
-``--config``, then the command line. Top-level YAML keys are `ModelArguments`, `DataArguments` and
-``transformers.TrainingArguments`` fields (``--learning_rate 1e-4``); hf_sparse's configs live in YAML sections
-``sparsity:``, ``dynamic:``, ``ift:`` and ``regularizer:`` and are overridden with dotted options
-(``--sparsity.sparsity 0.99 --dynamic.algorithm rigl``). A config whose section is absent is ``None`` (a dense
-run) unless an option of that section is given on the command line.
+"""Shared pieces of the recipes: tokenizer resolution (or training), model presets, sparse set-up for
+fine-tuning, the trainer and the final sparse checkpoint. Options live in `arguments`, the checks made before
+data preparation and the one-line error reports in `preflight`; both are re-exported here for the scripts.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import importlib
 import json
 import logging
 import math
 import os
-import sys
-import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Tuple
 
-import yaml
-from transformers import HfArgumentParser, TrainingArguments
+from transformers import TrainingArguments
 
 import hf_sparse
-from hf_sparse import DynamicSparsityConfig, RegularizerConfig, SparseIFTConfig, SparsityConfig
+from hf_sparse import DynamicSparsityConfig, RegularizerConfig
 
-from tokenizer_setup import iter_texts, resolve_tokenizer  # noqa: E402,F401  (re-exported for the scripts)
+from arguments import (  # noqa: E402,F401  (re-exported for the scripts and tests)
+    BERT_PRESETS, GPT2_PRESETS, ONLY_FOR, SECTIONS, DataArguments, ModelArguments, apply_config_overrides, parse_args,
+)
+from preflight import (  # noqa: E402,F401
+    check_output_dir, check_sequence_length, check_sparsity_fits, run_recipe,
+)
+from tokenizer_setup import iter_texts, load_named_tokenizer, resolve_tokenizer  # noqa: E402,F401
 
 logger = logging.getLogger("hf_sparse.recipes")
 
-#: YAML section / option prefix -> hf_sparse config class.
-SECTIONS = {"sparsity": SparsityConfig, "dynamic": DynamicSparsityConfig, "ift": SparseIFTConfig,
-            "regularizer": RegularizerConfig}
-
-#: Turc et al. (2019) BERT sizes: layers, hidden (heads = hidden / 64, intermediate = 4 x hidden).
-BERT_PRESETS = {"bert-tiny": (2, 128), "bert-mini": (4, 256), "bert-small": (4, 512), "bert-medium": (8, 512),
-                "bert-base": (12, 768), "bert-test": (2, 32)}
-#: GPT-2 family: layers, hidden, heads, context. GPT-3 Small = GPT-2 small with a 2048 context (Sparse-IFT App. C);
-#: Cerebras-GPT 111M: 10 x 768 (Cerebras-GPT paper, Table 2).
-GPT2_PRESETS = {"gpt2-small": (12, 768, 12, 1024), "gpt3-small": (12, 768, 12, 2048),
-                "cerebras-gpt-111m": (10, 768, 12, 2048), "gpt2-test": (2, 32, 4, 128)}
-
-
-@dataclass
-class ModelArguments:
-    """What to train: a preset from scratch, or a checkpoint (Hub id or directory)."""
-
-    model_name_or_path: Optional[str] = field(
-        default=None, metadata={"help": "Checkpoint to start from (dense or hf_sparse)."})
-    model_preset: Optional[str] = field(
-        default=None, metadata={"help": f"Train from scratch: {', '.join([*BERT_PRESETS, *GPT2_PRESETS])}."})
-    config_overrides: Optional[str] = field(
-        default=None, metadata={"help": "Model config overrides 'key=value,key=value' (e.g. 'n_positions=256')."})
-    tokenizer_name: Optional[str] = field(
-        default=None, metadata={"help": "Tokenizer Hub id or directory; default: the checkpoint's, else trained."})
-    tokenizer_vocab_size: int = field(default=30522, metadata={"help": "Vocabulary size of a trained tokenizer."})
-    sparse_finetune: bool = field(default=False, metadata={"help": "Fine-tune with the masks kept fixed (static)."})
-    dense_finetune: bool = field(default=False, metadata={"help": "Densify first and fine-tune dense (SPDF)."})
-    masked_mlm_head: bool = field(
-        default=True, metadata={"help": "BERT: run the MLM head only at masked positions (same loss, faster)."})
-
-    def __post_init__(self):
-        # "none" on the command line / in YAML clears a default (e.g. train a tokenizer instead of the Hub one).
-        for name in ("model_name_or_path", "model_preset", "tokenizer_name", "config_overrides"):
-            if isinstance(getattr(self, name), str) and getattr(self, name).lower() in ("none", "null", ""):
-                setattr(self, name, None)
-        if self.sparse_finetune and self.dense_finetune:
-            raise ValueError("--sparse_finetune and --dense_finetune are mutually exclusive; got both.")
-        if self.model_preset is not None and self.model_preset not in {**BERT_PRESETS, **GPT2_PRESETS}:
-            raise ValueError(f"model_preset={self.model_preset!r} is not one of {[*BERT_PRESETS, *GPT2_PRESETS]}.")
-
-
-@dataclass
-class DataArguments:
-    """Where the data comes from and how it is cut."""
-
-    dataset_name: Optional[str] = field(default=None, metadata={"help": "Hub dataset id(s), comma-separated."})
-    dataset_config_name: Optional[str] = field(
-        default=None, metadata={"help": "Hub dataset config(s), comma-separated."})
-    train_files: Optional[List[str]] = field(default=None, metadata={"help": "Local training files."})
-    validation_files: Optional[List[str]] = field(default=None, metadata={"help": "Local validation files."})
-    validation_split_percentage: float = field(
-        default=1.0, metadata={"help": "Percent of the training documents held out when no validation data."})
-    text_column: str = field(default="text", metadata={"help": "Text column of JSON-lines / Hub data."})
-    max_seq_length: int = field(default=128, metadata={"help": "Tokens per example (BERT 128/384, GPT-2 2048)."})
-    max_predictions: int = field(default=20, metadata={"help": "BERT: masked positions per sequence at most."})
-    mlm_probability: float = field(default=0.15, metadata={"help": "BERT: fraction of tokens masked."})
-    nsp_probability: float = field(default=0.5, metadata={"help": "BERT: probability of a random next segment."})
-    short_seq_prob: float = field(default=0.1, metadata={"help": "BERT: probability of a shorter example."})
-    doc_stride: int = field(default=128, metadata={"help": "SQuAD: overlap between windows."})
-    n_best_size: int = field(default=20, metadata={"help": "SQuAD: start / end candidates per window."})
-    max_answer_length: int = field(default=30, metadata={"help": "SQuAD: longest answer in tokens."})
-    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the training examples."})
-    max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the evaluation examples."})
-    preprocessing_num_workers: Optional[int] = field(default=None, metadata={"help": "datasets.map processes."})
-    cache_dir: Optional[str] = field(default=None, metadata={"help": "datasets / Hub cache directory."})
-
-    def __post_init__(self):
-        for name in ("train_files", "validation_files"):  # a single path given as a string in YAML
-            if isinstance(getattr(self, name), str):
-                setattr(self, name, [getattr(self, name)])
-        if self.dataset_name is not None and self.dataset_name.lower() in ("none", "null", ""):
-            self.dataset_name = None
-        if self.max_seq_length < 8:
-            raise ValueError(f"max_seq_length={self.max_seq_length} is too short (at least 8 tokens).")
-        if not 0.0 < self.validation_split_percentage < 100.0:
-            raise ValueError(f"validation_split_percentage={self.validation_split_percentage} must be in (0, 100).")
-        if not self.train_files and self.dataset_name is None:
-            raise ValueError("No data: give --train_files (local files) or --dataset_name (a Hub dataset).")
-
-
-# --- argument parsing -------------------------------------------------------------------------------------------
-def _str2bool(v: str) -> bool:
-    if v.lower() in ("1", "true", "yes", "y"):
-        return True
-    if v.lower() in ("0", "false", "no", "n"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean, got {v!r}")
-
-
-def _add_section(parser: argparse.ArgumentParser, prefix: str, cls) -> None:
-    hints = typing.get_type_hints(cls)
-    group = parser.add_argument_group(f"{prefix} ({cls.__name__})")
-    for f in dataclasses.fields(cls):
-        if not f.init:
-            continue
-        tp, kwargs = hints[f.name], {}
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if any(typing.get_origin(a) in (list, List) for a in args) or typing.get_origin(tp) in (list, List):
-            kwargs["nargs"] = "+"  # a list of names; a single regex is a one-element list, unwrapped below
-        else:
-            base = args[0] if typing.get_origin(tp) is typing.Union and args else tp
-            kwargs["type"] = _str2bool if base is bool else base if base in (int, float) else str
-        group.add_argument(f"--{prefix}.{f.name}", dest=f"{prefix}.{f.name}", default=argparse.SUPPRESS,
-                           help=f.metadata.get("help"), **kwargs)
-
-
-def _section_value(value: Any) -> Any:
-    if isinstance(value, list) and len(value) == 1:
-        return value[0]
-    if isinstance(value, str) and value.lower() in ("none", "null"):
-        return None
-    return value
-
-
-def parse_args(
-    argv: Optional[Sequence[str]] = None, defaults: Optional[Dict[str, Any]] = None, extra: Sequence[type] = ()
-) -> Tuple[ModelArguments, DataArguments, TrainingArguments, Dict[str, Any]]:
-    """Parses script defaults, then ``--config`` YAML, then the command line.
-
-    Args:
-        argv: Command line (``sys.argv[1:]`` by default).
-        defaults: The script's paper defaults for any top-level field.
-        extra: Unused hook for scripts with more dataclasses (kept empty by the recipes here).
-
-    ``--plugins mod1,mod2`` imports those modules first (e.g. ones that define algorithms or regularizers with
-    `hf_sparse.register_algorithm` / `hf_sparse.register_regularizer`), so their names work in ``dynamic:`` /
-    ``regularizer:`` sections and options.
-
-    Returns:
-        ``(model_args, data_args, training_args, sparse)`` where ``sparse`` maps ``sparsity`` / ``dynamic`` /
-        ``ift`` / ``regularizer`` to a config object or ``None``.
-
-    Example:
-        >>> margs, dargs, targs, sparse = parse_args(["--config", "c.yaml", "--sparsity.sparsity", "0.99"])
-    """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config", default=None)
-    pre.add_argument("--plugins", default=None)
-    known, rest = pre.parse_known_args(argv)
-    # User algorithms / regularizers register themselves when their module is imported: import them before any
-    # config is built, so `--dynamic.algorithm my_regrowth` is accepted like a built-in name.
-    for module in filter(None, (known.plugins or "").split(",")):
-        importlib.import_module(module.strip())
-    file_values: Dict[str, Any] = {}
-    if known.config is not None:
-        if not os.path.isfile(known.config):
-            raise FileNotFoundError(f"--config {known.config!r} does not exist.")
-        with open(known.config, encoding="utf-8") as fh:
-            file_values = yaml.safe_load(fh) or {}
-        if not isinstance(file_values, dict):
-            raise ValueError(f"{known.config}: expected a mapping at the top level, got {type(file_values).__name__}.")
-
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments, *extra))
-    parser.add_argument("--config", default=None, help="YAML file of defaults; command-line options win.")
-    for prefix, cls in SECTIONS.items():
-        _add_section(parser, prefix, cls)
-    top = {k: v for k, v in file_values.items() if k not in SECTIONS}
-    known_dests = {a.dest for a in parser._actions}
-    unknown = sorted(set(top) - known_dests)
-    if unknown:
-        raise ValueError(f"{known.config}: unknown option(s) {unknown}.")
-    parser.set_defaults(**{**(defaults or {}), **top})
-    ns, leftover = parser.parse_known_args(rest)
-    if leftover:
-        raise ValueError(f"Unknown command-line option(s): {leftover}.")
-    values = vars(ns)
-    sparse: Dict[str, Any] = {}
-    for prefix, cls in SECTIONS.items():
-        section = file_values.get(prefix)
-        if section is not None and not isinstance(section, dict):
-            raise ValueError(f"{known.config}: section {prefix!r} must be a mapping, got {section!r}.")
-        cli = {k.split(".", 1)[1]: _section_value(v) for k, v in values.items() if k.startswith(prefix + ".")}
-        merged = None if section is None and not cli else {**(section or {}), **cli}
-        sparse[prefix] = None if merged is None else cls.from_dict(merged)
-    plain = {k: v for k, v in values.items() if "." not in k and k != "config"}
-    outputs = []
-    for dtype in (ModelArguments, DataArguments, TrainingArguments, *extra):
-        names = {f.name for f in dataclasses.fields(dtype) if f.init}
-        outputs.append(dtype(**{k: v for k, v in plain.items() if k in names}))
-    return (*outputs[:3], sparse)
-
 
 # --- models ------------------------------------------------------------------------------------------------------
-def _apply_overrides(config, overrides: Optional[str]):
-    if overrides:
-        config.update_from_string(overrides)
-    return config
-
-
 def preset_config(model_args: ModelArguments, vocab_size: int, **extra):
     """The transformers config of ``--model_preset`` with ``--config_overrides`` applied."""
     from transformers import BertConfig, GPT2Config
@@ -239,7 +44,59 @@ def preset_config(model_args: ModelArguments, vocab_size: int, **extra):
         cfg = GPT2Config(vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=heads, n_positions=ctx, **extra)
     else:
         raise ValueError(f"model_preset={preset!r} is not one of {[*BERT_PRESETS, *GPT2_PRESETS]}.")
-    return _apply_overrides(cfg, model_args.config_overrides)
+    return apply_config_overrides(cfg, model_args.config_overrides)
+
+
+def data_card_info(data_args, held_out: bool) -> Dict[str, Any]:
+    """The model card's ``datasets`` (Hub ids only), ``training_data`` and ``eval_data`` entries of a run.
+
+    Args:
+        data_args: The recipe's `DataArguments`.
+        held_out: Without validation files / a Hub validation split the script holds out
+            ``--validation_split_percentage`` of the training documents (pre-training); ``False`` when it
+            evaluates on a ``validation`` split (fine-tuning on the Hub).
+
+    Returns:
+        ``{"datasets": [...], "training_data": [...], "eval_data": [...]}`` (``datasets`` only for Hub data).
+    """
+    pct = f"{data_args.validation_split_percentage:g}% of the training documents held out"
+    if data_args.train_files:
+        train = [os.path.basename(str(f)) for f in data_args.train_files]
+        evals = ([os.path.basename(str(f)) for f in data_args.validation_files] if data_args.validation_files
+                 else [f"{pct} ({', '.join(train)})"])
+        return {"training_data": train, "eval_data": evals}
+    names = [n for n in data_args.dataset_name.split(",") if n]
+    configs = (data_args.dataset_config_name or "").split(",") + [""] * len(names)
+    label = [f"{n} ({c}, train)" if c else f"{n} (train)" for n, c in zip(names, configs)]
+    evals = ([f"{pct} ({', '.join(names)})"] if held_out
+             else [s.replace(", train)", ", validation)").replace("(train)", "(validation)") for s in label])
+    return {"datasets": names, "training_data": label, "eval_data": evals}
+
+
+def fit_vocabulary_(model, tokenizer) -> None:
+    """Resizes a model built before its tokenizer was trained to the tokenizer's vocabulary, in place (the model
+    is built first so that everything about it is checked before any data is prepared)."""
+    if model.get_input_embeddings().num_embeddings != len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        token_id = getattr(tokenizer, name, None)
+        if token_id is not None and hasattr(model.config, name):
+            setattr(model.config, name, token_id)
+
+
+def hold_out(train, data_args, shuffle: bool):
+    """Splits ``--validation_split_percentage`` of the training documents off as validation data.
+
+    Returns:
+        ``(train, validation)``.
+    """
+    source = ", ".join(map(str, data_args.train_files or [data_args.dataset_name]))
+    if len(train) < 2:
+        raise ValueError(f"{source}: {len(train)} document(s) cannot be split into training and validation data; "
+                         "give --validation_files, or more documents (blank lines between documents).")
+    held = max(1, int(len(train) * data_args.validation_split_percentage / 100))
+    split = train.train_test_split(test_size=held, seed=0, shuffle=shuffle)
+    return split["train"], split["test"]
 
 
 def is_sparse_checkpoint(path: Optional[str]) -> bool:
@@ -249,6 +106,9 @@ def is_sparse_checkpoint(path: Optional[str]) -> bool:
 def load_for_finetuning(model_class, model_args: ModelArguments, sparse: Dict[str, Any], **config_kwargs):
     """Loads a dense or hf_sparse checkpoint for fine-tuning as ``--sparse_finetune`` / ``--dense_finetune`` ask.
 
+    A fine-pruning algorithm (``--dynamic.algorithm gmp|movement|soft_movement``) prunes a dense checkpoint down to
+    the ``sparsity:`` target while fine-tuning; it implies sparse fine-tuning.
+
     Returns:
         ``(model, sparsity_config)``: the config `SparseTrainer` needs (``None`` for dense fine-tuning, or when
         the loaded model is already sparse).
@@ -256,19 +116,36 @@ def load_for_finetuning(model_class, model_args: ModelArguments, sparse: Dict[st
     path = model_args.model_name_or_path
     if path is None:
         raise ValueError("Fine-tuning needs --model_name_or_path (a dense or hf_sparse checkpoint).")
+    # A Hub id is "name" or "org/name"; anything else that is not a directory is a mistyped local path.
+    if not os.path.isdir(path) and (path.startswith((".", "/", "~")) or path.count("/") > 1 or os.path.exists(path)):
+        raise FileNotFoundError(f"--model_name_or_path {path!r} is not a directory (give a checkpoint directory "
+                                "or a Hub id).")
     if hasattr(model_class, "_model_mapping"):  # an Auto class: hf_sparse.from_pretrained needs the concrete one
         from transformers import AutoConfig
 
-        model_class = model_class._model_mapping[type(AutoConfig.from_pretrained(path))]
+        config_type = type(AutoConfig.from_pretrained(path))
+        if config_type not in model_class._model_mapping:
+            raise ValueError(f"--model_name_or_path {path!r} is a {config_type.model_type} model, which has no "
+                             f"{model_class.__name__[len('AutoModelFor'):]} head; use a BERT / GPT-2 checkpoint.")
+        model_class = model_class._model_mapping[config_type]
     if is_sparse_checkpoint(path):
         model = hf_sparse.from_pretrained(model_class, path, dense=model_args.dense_finetune, **config_kwargs)
     else:
         model = model_class.from_pretrained(path, **config_kwargs)
+    fine_pruning = is_fine_pruning(sparse.get("dynamic"))
+    if fine_pruning and model_args.dense_finetune:
+        raise ValueError(f"--dynamic.algorithm {sparse['dynamic'].algorithm} prunes while fine-tuning; it cannot be "
+                         "combined with --dense_finetune.")
     if model_args.dense_finetune:
         if hf_sparse.sparse_modules(model):
             hf_sparse.densify_(model)
         return model, None
     already = bool(hf_sparse.sparse_modules(model))
+    if fine_pruning and not already and sparse["sparsity"] is None:
+        raise ValueError(f"--dynamic.algorithm {sparse['dynamic'].algorithm} needs the target sparsity (a 'sparsity:' "
+                         "section or --sparsity.sparsity) to prune the dense checkpoint to.")
+    if fine_pruning and not already:
+        return model, dataclasses.replace(sparse["sparsity"], init="keep", mask_init="magnitude")
     if model_args.sparse_finetune and not already and sparse["sparsity"] is None:
         raise ValueError(f"--sparse_finetune from the dense checkpoint {path!r} needs a sparsity config "
                          "(a 'sparsity:' section or --sparsity.sparsity) to choose magnitude masks.")
@@ -281,11 +158,46 @@ def load_for_finetuning(model_class, model_args: ModelArguments, sparse: Dict[st
     return model, cfg
 
 
+#: Algorithms that prune a dense checkpoint while fine-tuning ("fine-pruning", Sanh et al. 2020, arXiv:2005.07683);
+#: fine-tuning forces every other algorithm to ``static``.
+FINE_PRUNING_ALGORITHMS = ("gmp", "movement", "soft_movement")
+
+
+def is_fine_pruning(dynamic: Optional[DynamicSparsityConfig]) -> bool:
+    """Whether ``dynamic`` names a fine-pruning algorithm (`FINE_PRUNING_ALGORITHMS`)."""
+    return dynamic is not None and dynamic.algorithm in FINE_PRUNING_ALGORITHMS
+
+
 def static_config(dynamic: Optional[DynamicSparsityConfig]) -> DynamicSparsityConfig:
-    """Fine-tuning keeps masks fixed: the dynamic config is forced to ``static``."""
+    """The dynamic config of a fine-tuning run: a fine-pruning algorithm as given, anything else ``static`` (masks
+    fixed)."""
+    if is_fine_pruning(dynamic):
+        return dynamic
     if dynamic is not None and dynamic.algorithm != "static":
-        logger.warning("Fine-tuning keeps masks static; ignoring dynamic algorithm %r.", dynamic.algorithm)
+        logger.warning("Fine-tuning keeps masks static (fine-pruning takes %s); ignoring dynamic algorithm %r.",
+                       ", ".join(FINE_PRUNING_ALGORITHMS), dynamic.algorithm)
     return DynamicSparsityConfig(algorithm="static")
+
+
+def load_teacher(model_class, model_args: ModelArguments):
+    """The distillation teacher (``--teacher_model_name_or_path``, dense or hf_sparse) and its `DistillationConfig`,
+    or ``(None, None)`` without one."""
+    path = model_args.teacher_model_name_or_path
+    if path is None:
+        return None, None
+    from hf_sparse.trainer import DistillationConfig
+
+    config = DistillationConfig(temperature=model_args.distill_temperature, alpha=model_args.distill_alpha)
+    if not os.path.isdir(path) and (path.startswith((".", "/", "~")) or path.count("/") > 1 or os.path.exists(path)):
+        raise FileNotFoundError(f"--teacher_model_name_or_path {path!r} is not a directory (give a checkpoint "
+                                "directory or a Hub id).")
+    if hasattr(model_class, "_model_mapping"):
+        from transformers import AutoConfig
+
+        model_class = model_class._model_mapping[type(AutoConfig.from_pretrained(path))]
+    if is_sparse_checkpoint(path):
+        return hf_sparse.from_pretrained(model_class, path), config
+    return model_class.from_pretrained(path), config
 
 
 def make_trainer(model, args, sparse_needed: bool, sparsity_config=None, dynamic_config=None, mean_loss=False,
@@ -304,7 +216,9 @@ def make_trainer(model, args, sparse_needed: bool, sparsity_config=None, dynamic
     from transformers import Trainer
 
     regs = [hf_sparse.build_regularizer(regularizer)] if regularizer is not None else []
-    if sparse_needed or regs:
+    if kwargs.get("teacher") is None:  # distillation (teacher=, distillation_config=) needs SparseTrainer
+        kwargs.pop("teacher", None), kwargs.pop("distillation_config", None)
+    if sparse_needed or regs or kwargs.get("teacher") is not None:
         # SparseTrainer applies the regularizers itself (and trains a dense model dense when nothing is sparse).
         if sparse_needed:
             kwargs.update(sparsity_config=sparsity_config, dynamic_config=dynamic_config)

@@ -4,7 +4,9 @@ Sparse-IFT paper (Saxena et al. 2023, arXiv:2303.11525), App. C.2: the pre-train
 perplexity = exp(mean evaluation loss) over packed blocks of ``--max_seq_length`` tokens. ``--sparse_finetune``
 keeps the masks fixed (from a dense checkpoint: magnitude masks from the ``sparsity:`` section first);
 ``--dense_finetune`` densifies first (SPDF). Either works from an hf_sparse checkpoint or a plain dense one, and a
-Sparse-IFT checkpoint is rebuilt with its transformation.
+Sparse-IFT checkpoint is rebuilt with its transformation. Fine-pruning: ``--dynamic.algorithm
+movement|soft_movement|gmp`` with a ``sparsity:`` target prunes a dense checkpoint while fine-tuning (Sanh et al.
+2020, arXiv:2005.07683); ``--teacher_model_name_or_path`` adds knowledge distillation from a dense teacher.
 
 Launch::
 
@@ -12,27 +14,27 @@ Launch::
         --model_name_or_path out/gpt2-small-sparse-wide-s0.5 --dense_finetune
 
 Data: ``Salesforce/wikitext`` (``wikitext-103-raw-v1`` by default) from the Hub, or ``--train_files`` /
-``--validation_files`` (raw WikiText text files). Results in ``output_dir/results.json``.
+``--validation_files`` (raw WikiText text files, split into articles at their `` = Title = `` headings). Results in ``output_dir/results.json``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 
 import datasets
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (  # noqa: E402
-    iter_texts, load_for_finetuning, make_trainer, parse_args, resolve_tokenizer, save_final, setup_logging,
-    static_config,
+    check_output_dir, check_sequence_length, check_sparsity_fits, data_card_info, hold_out, load_for_finetuning,
+    load_teacher, make_trainer, parse_args, resolve_tokenizer, run_recipe, save_final, setup_logging, static_config,
     train_and_evaluate_lm, training_stats,
 )
 
 import hf_sparse  # noqa: E402
 from hf_sparse.data import load_documents, tokenize_and_pack  # noqa: E402
+from hf_sparse.data.corpus import WIKITEXT_TITLE  # noqa: E402
 
 logger = logging.getLogger("hf_sparse.recipes.finetune_wikitext")
 
@@ -44,16 +46,13 @@ DEFAULTS = dict(
 )
 
 
-_HEADING = re.compile(r"^ = [^=].* = $")
-
-
 def _join_articles(batch, column: str) -> dict:
     # WikiText is one line per row; an article starts at a top-level " = Title = " heading. Joining lines into
     # articles puts EOS between articles rather than between lines. (Articles split across map batches of 10,000
     # lines become two documents: harmless for packing.)
     articles, current = [], []
     for line in batch[column]:
-        if _HEADING.match(line.rstrip("\n")) and current:
+        if WIKITEXT_TITLE.match(line.rstrip("\n")) and current:
             articles.append("".join(current))
             current = []
         current.append(line if line.endswith("\n") else line + "\n")
@@ -68,45 +67,49 @@ def wikitext_articles(lines: datasets.Dataset, column: str = "text", num_proc=No
                      fn_kwargs={"column": column}, num_proc=num_proc, desc="Grouping WikiText articles")
 
 
-def _load_lines(files, cache_dir) -> datasets.Dataset:
-    if any(str(f).endswith((".json", ".jsonl")) for f in files):
-        return load_documents(files, "text", cache_dir)
-    missing = [str(f) for f in files if not os.path.isfile(f)]
-    if missing:
-        raise FileNotFoundError(f"WikiText files not found: {missing}.")
-    return datasets.load_dataset("text", data_files=[str(f) for f in files], split="train", keep_linebreaks=True,
-                                 cache_dir=cache_dir)
-
-
 def load_raw(data_args) -> datasets.DatasetDict:
-    """WikiText articles for train and validation (a ``text`` column)."""
+    """WikiText articles for train and validation (a ``text`` column).
+
+    Local text files are split at their `` = Title = `` headings (`hf_sparse.data.load_documents`; other text
+    files at blank lines, see ``--wikitext_articles``); JSON lines give one document per line.
+    """
     workers = data_args.preprocessing_num_workers
     if data_args.train_files:
-        train = wikitext_articles(_load_lines(data_args.train_files, data_args.cache_dir), num_proc=workers)
+        load = dict(text_column=data_args.text_column, cache_dir=data_args.cache_dir,
+                    wikitext_articles=data_args.wikitext_articles)
+        train = load_documents(data_args.train_files, **load)
         if data_args.validation_files:
-            valid = wikitext_articles(_load_lines(data_args.validation_files, data_args.cache_dir), num_proc=workers)
+            valid = load_documents(data_args.validation_files, **load)
         else:
-            held = max(1, int(len(train) * data_args.validation_split_percentage / 100))
-            split = train.train_test_split(test_size=held, seed=0, shuffle=False)
-            train, valid = split["train"], split["test"]
+            train, valid = hold_out(train, data_args, shuffle=False)
         return datasets.DatasetDict(train=train, validation=valid)
     ds = datasets.load_dataset(data_args.dataset_name, data_args.dataset_config_name, cache_dir=data_args.cache_dir)
     return datasets.DatasetDict({k: wikitext_articles(ds[k], data_args.text_column, workers)
                                  for k in ("train", "validation")})
 
 
+#: Sections this script refuses, with the reason (every other section is supported).
+UNSUPPORTED = {"ift": "a Sparse-IFT checkpoint is rebuilt from its config.json; build one with pretrain_gpt2.py"}
+
+
 def main(argv=None) -> dict:
     from transformers import AutoModelForCausalLM, default_data_collator
 
-    model_args, data_args, training_args, sparse = parse_args(argv, DEFAULTS)
+    model_args, data_args, training_args, sparse = parse_args(argv, DEFAULTS, script="finetune_wikitext",
+                                                              unsupported=UNSUPPORTED)
     setup_logging(training_args)
-    raw = load_raw(data_args)
-    tokenizer = resolve_tokenizer(model_args, "gpt2", lambda: iter_texts(raw["train"]),
-                                  training_args.output_dir, training_args.main_process_first)
+    check_output_dir(training_args)
+    # The model and tokenizer load before any data (a few seconds), so their errors come first.
+    tokenizer = resolve_tokenizer(model_args, "gpt2", None, training_args.output_dir, training_args.main_process_first)
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"The tokenizer of {model_args.tokenizer_name or model_args.model_name_or_path!r} has no EOS "
+                         "token to separate articles; use a GPT-2 BPE tokenizer (--tokenizer_name).")
     model, sparsity_config = load_for_finetuning(AutoModelForCausalLM, model_args, sparse)
+    teacher, distillation_config = load_teacher(AutoModelForCausalLM, model_args)
+    check_sparsity_fits(model, sparsity_config)
     seq = data_args.max_seq_length
-    if seq > model.config.n_positions:
-        raise ValueError(f"max_seq_length={seq} exceeds the model's n_positions={model.config.n_positions}.")
+    check_sequence_length(model, seq)
+    raw = load_raw(data_args)
     with training_args.main_process_first(desc="tokenize and pack"):
         train = tokenize_and_pack(raw["train"], tokenizer, seq,
                                   num_proc=data_args.preprocessing_num_workers)
@@ -116,20 +119,23 @@ def main(argv=None) -> dict:
         train = train.select(range(min(len(train), data_args.max_train_samples)))
     if data_args.max_eval_samples is not None:
         valid = valid.select(range(min(len(valid), data_args.max_eval_samples)))
+    if len(train) == 0 or len(valid) == 0:
+        raise ValueError(f"The {'training' if len(train) == 0 else 'validation'} text is shorter than one block of "
+                         f"max_seq_length={seq} tokens; give more text or lower --max_seq_length.")
     logger.info("WikiText: %d training and %d validation blocks of %d tokens.", len(train), len(valid), seq)
 
     trainer = make_trainer(model, training_args, bool(hf_sparse.sparse_modules(model)) or sparsity_config is not None,
                            sparsity_config, static_config(sparse["dynamic"]), train_dataset=train, eval_dataset=valid,
                            processing_class=tokenizer, data_collator=default_data_collator,
-                           regularizer=sparse["regularizer"])
+                           regularizer=sparse["regularizer"], teacher=teacher, distillation_config=distillation_config)
     metrics = train_and_evaluate_lm(trainer, training_args)
     trainer.log_metrics("eval", metrics)
     stats = training_stats(trainer, seq)
     save_final(trainer, tokenizer, training_args.output_dir, sparse, stats, metrics,
                task=("text-generation", data_args.dataset_name if not data_args.train_files else "local WikiText"),
-               card_info={"base_model": model_args.model_name_or_path})
+               card_info={"base_model": model_args.model_name_or_path, **data_card_info(data_args, False)})
     return metrics
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main)

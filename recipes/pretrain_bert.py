@@ -11,8 +11,11 @@ Launch (any option of the YAML can be overridden on the command line)::
     accelerate launch --config_file recipes/accelerate/multi_gpu.yaml recipes/pretrain_bert.py \\
         --config recipes/configs/bert-medium-dynsparse-s0.9.yaml --sparsity.sparsity 0.99 --dynamic.prune_ratio 0.75
 
+An ``ift:`` section pre-trains a Sparse-IFT BERT (wide / parallel / factorized / doped) of the preset instead.
+
 Data: Wikipedia + BookCorpus from the Hub by default (``--dataset_name``), or ``--train_files`` (text with one
-sentence per line and blank lines between documents, or JSON lines with ``text``). Reports validation MLM and
+sentence per line and blank lines between documents, WikiText files split at their article titles, or JSON lines
+with ``text`` / ``--text_column``). Reports validation MLM and
 NSP loss in ``output_dir/results.json`` and saves a sparse checkpoint with its model card in ``output_dir``.
 """
 
@@ -29,12 +32,15 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (  # noqa: E402
-    make_trainer, parse_args, preset_config, resolve_tokenizer, save_final, setup_logging, training_stats,
+    BERT_PRESETS, check_output_dir, check_sequence_length, check_sparsity_fits, data_card_info, fit_vocabulary_,
+    hold_out, load_named_tokenizer, make_trainer, parse_args, preset_config, resolve_tokenizer, run_recipe,
+    save_final, setup_logging, training_stats,
 )
 
 import hf_sparse  # noqa: E402
 from hf_sparse.data import (  # noqa: E402
-    WholeWordMaskCollator, create_nsp_examples, load_documents, split_sentences, tokenize_sentences,
+    WholeWordMaskCollator, create_nsp_examples, load_documents, looks_like_wikitext, split_sentences,
+    tokenize_sentences,
 )
 
 logger = logging.getLogger("hf_sparse.recipes.pretrain_bert")
@@ -60,9 +66,10 @@ def _group_sentences(batch) -> dict:
 def load_raw_documents(data_args) -> datasets.DatasetDict:
     """Documents (``text`` column) for train and validation, from local files or the Hub."""
     if data_args.train_files:
-        train = load_documents(data_args.train_files, data_args.text_column, data_args.cache_dir)
-        valid = (load_documents(data_args.validation_files, data_args.text_column, data_args.cache_dir)
-                 if data_args.validation_files else None)
+        load = dict(text_column=data_args.text_column, cache_dir=data_args.cache_dir,
+                    wikitext_articles=data_args.wikitext_articles)
+        train = load_documents(data_args.train_files, **load)
+        valid = load_documents(data_args.validation_files, **load) if data_args.validation_files else None
     else:
         names = [n for n in data_args.dataset_name.split(",") if n]
         configs = (data_args.dataset_config_name or "").split(",") + [""] * len(names)
@@ -81,9 +88,7 @@ def load_raw_documents(data_args) -> datasets.DatasetDict:
         train = datasets.concatenate_datasets(parts)
         valid = None
     if valid is None:
-        held = max(1, int(len(train) * data_args.validation_split_percentage / 100))
-        split = train.train_test_split(test_size=held, seed=0, shuffle=True)
-        train, valid = split["train"], split["test"]
+        train, valid = hold_out(train, data_args, shuffle=True)
     return datasets.DatasetDict(train=train, validation=valid)
 
 
@@ -120,17 +125,64 @@ def evaluate_mlm_nsp(trainer, eval_dataset, tokenizer, data_args) -> dict:
             "eval_examples": int(sums[3])}
 
 
-def main(argv=None) -> dict:
+def one_sentence_per_line(data_args) -> bool:
+    """BERT's text format has one sentence per line; JSON lines, WikiText and Hub articles are split at sentence
+    ends instead."""
+    files = data_args.train_files
+    if not files or any(str(f).endswith((".json", ".jsonl")) for f in files):
+        return False
+    if data_args.wikitext_articles == "auto":
+        return not any(looks_like_wikitext(f) for f in files)
+    return data_args.wikitext_articles == "false"
+
+
+def build_model(model_args, sparse, vocab_size: int, pad_token_id: int):
+    """The preset (or checkpoint); an ``ift:`` section makes it a Sparse-IFT BERT (Saxena et al. 2023,
+    arXiv:2303.11525, pre-train BERT with Sparse Wide / Parallel), exactly as `pretrain_gpt2.py` does for GPT."""
     from transformers import BertForPreTraining
 
-    model_args, data_args, training_args, sparse = parse_args(argv, DEFAULTS)
+    cls = hf_sparse.BertForPreTrainingMasked if model_args.masked_mlm_head else BertForPreTraining
+    if model_args.model_name_or_path:
+        if sparse["ift"] is not None:
+            raise ValueError("An ift: section builds a new model from a preset; drop --model_name_or_path "
+                             f"({model_args.model_name_or_path!r}) or the ift section.")
+        model = cls.from_pretrained(model_args.model_name_or_path)
+    else:
+        if model_args.model_preset not in BERT_PRESETS:
+            raise ValueError(f"--model_preset {model_args.model_preset!r} is not a BERT preset; pretrain_bert.py "
+                             f"takes {', '.join(BERT_PRESETS)} (GPT presets: pretrain_gpt2.py).")
+        config = preset_config(model_args, vocab_size, max_position_embeddings=512, pad_token_id=pad_token_id)
+        if sparse["ift"] is not None:
+            if sparse["sparsity"] is not None:
+                raise ValueError("Give either an ift: section (Sparse-IFT sparsifies the model itself) or a "
+                                 "sparsity: section, not both.")
+            model = hf_sparse.apply_sparse_ift(cls, config, sparse["ift"])
+        else:
+            model = cls(config)
+    model.config.architectures = ["BertForPreTraining"]  # the masked head is a training detail, not a format
+    return model
+
+
+def main(argv=None) -> dict:
+    from transformers import set_seed
+
+    model_args, data_args, training_args, sparse = parse_args(argv, DEFAULTS, script="pretrain_bert")
     setup_logging(training_args)
+    check_output_dir(training_args)
+    # Everything that needs no data is checked first: tokenizer, model (shapes, structure fit, positions).
+    tokenizer = load_named_tokenizer(model_args, "bert")
+    set_seed(training_args.seed)
+    model = build_model(model_args, sparse, len(tokenizer) if tokenizer else model_args.tokenizer_vocab_size,
+                        tokenizer.pad_token_id if tokenizer else 0)
+    check_sparsity_fits(model, sparse["sparsity"])
+    check_sequence_length(model, data_args.max_seq_length)
+
     raw = load_raw_documents(data_args)
-    tokenizer = resolve_tokenizer(model_args, "bert", lambda: (b for b in _texts(raw["train"])),
-                                  training_args.output_dir, training_args.main_process_first)
-    # BERT's text format has one sentence per line; JSON lines and Hub articles are split at sentence ends.
-    one_per_line = bool(data_args.train_files) and not any(
-        str(f).endswith((".json", ".jsonl")) for f in data_args.train_files)
+    if tokenizer is None:
+        tokenizer = resolve_tokenizer(model_args, "bert", lambda: (b for b in _texts(raw["train"])),
+                                      training_args.output_dir, training_args.main_process_first)
+        fit_vocabulary_(model, tokenizer)
+    one_per_line = one_sentence_per_line(data_args)
     with training_args.main_process_first(desc="BERT phase-1 examples"):
         train = build_examples(raw["train"], tokenizer, data_args, training_args.seed, one_per_line)
         valid = build_examples(raw["validation"], tokenizer, data_args, training_args.seed + 1, one_per_line)
@@ -138,17 +190,14 @@ def main(argv=None) -> dict:
         train = train.select(range(min(len(train), data_args.max_train_samples)))
     if data_args.max_eval_samples is not None:
         valid = valid.select(range(min(len(valid), data_args.max_eval_samples)))
+    if len(train) == 0 or len(valid) == 0:
+        raise ValueError(f"No {'training' if len(train) == 0 else 'validation'} sentence pairs could be built: the "
+                         "documents are too short (at least two sentences each); give more text.")
     logger.info("BERT phase 1: %d training and %d validation sentence pairs.", len(train), len(valid))
 
-    cls = hf_sparse.BertForPreTrainingMasked if model_args.masked_mlm_head else BertForPreTraining
-    if model_args.model_name_or_path:
-        model = cls.from_pretrained(model_args.model_name_or_path)
-    else:
-        model = cls(preset_config(model_args, len(tokenizer), max_position_embeddings=512,
-                                  pad_token_id=tokenizer.pad_token_id))
-    model.config.architectures = ["BertForPreTraining"]  # the masked head is a training detail, not a format
+    sparse_needed = bool(hf_sparse.sparse_modules(model)) or sparse["sparsity"] is not None
     trainer = make_trainer(
-        model, training_args, sparse["sparsity"] is not None, sparse["sparsity"], sparse["dynamic"], mean_loss=True,
+        model, training_args, sparse_needed, sparse["sparsity"], sparse["dynamic"], mean_loss=True,
         regularizer=sparse["regularizer"],
         train_dataset=train, processing_class=tokenizer,
         data_collator=WholeWordMaskCollator(tokenizer, data_args.mlm_probability, data_args.max_predictions),
@@ -159,7 +208,8 @@ def main(argv=None) -> dict:
     trainer.log_metrics("eval", metrics)
     stats = training_stats(trainer, data_args.max_seq_length)
     save_final(trainer, tokenizer, training_args.output_dir, sparse, stats, metrics,
-               task=("fill-mask", data_args.dataset_name if not data_args.train_files else "local text"))
+               task=("fill-mask", data_args.dataset_name if not data_args.train_files else "local text"),
+               card_info=data_card_info(data_args, held_out=True))
     return metrics
 
 
@@ -169,4 +219,4 @@ def _texts(ds):
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main)

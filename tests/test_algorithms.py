@@ -106,8 +106,32 @@ def test_prune_regrow_invariants(algorithm, structure):
             assert bool((m.weight[added] == 0).all())
             assert bool((ctrl.ever_active[name] >= new).all())
 
-    run(algorithm, structure, check=check)
+    run(algorithm, structure, check=check, regrow_pruned=False)  # candidates: the previously inactive granules
     assert seen_updates, "the schedule must have produced updates"
+
+
+@pytest.mark.parametrize("structure", ["unstructured", "block"])
+def test_rigl_regrow_invariants(structure):
+    """RigL's default lets a just-dropped granule come back: counts stay exact, fewer than k may actually change."""
+    changed = []
+
+    def check(ctrl, opt, step, before):
+        for name, m in ctrl.modules.items():
+            mask = m.weight_mask
+            assert int(mask.sum()) == expected_active(structure, mask.shape)
+            if not ctrl.is_update_step(step):
+                continue
+            old = before[name]
+            removed, added = old & ~mask, mask & ~old
+            k = round(ctrl.algorithm.schedule.ratio(step) * int(reduce_to_granules(old, m.structure).sum()))
+            size = 64 if structure == "block" else 1
+            assert int(removed.sum()) == int(added.sum()) <= k * size
+            state = opt.state[m.weight]
+            assert bool((m.weight[added] == 0).all()) and bool((state["exp_avg"][added] == 0).all())
+            changed.append(int(added.sum()))
+
+    _, ctrl = run("rigl", structure, check=check)
+    assert ctrl.dynamic_config.regrow_pruned is True and sum(changed) > 0
 
 
 @pytest.mark.parametrize("algorithm, structure", PRUNE_REGROW + [("topk", "nm"), ("topk", "nm_transposable")])
@@ -227,14 +251,35 @@ def test_rigl_grows_largest_gradients_hand_built():
     layer = SparseLinear.from_dense(nn.Linear(4, 2), mask, MaskStructure(), 0.5)
     with torch.no_grad():
         layer.weight.copy_(torch.tensor([[1.0, 4.0, 0.0, 0.0], [-2.0, 3.0, 0.0, 0.0]]))
-    cfg = DynamicSparsityConfig(algorithm="rigl", update_interval=1, prune_ratio=0.5, prune_schedule="constant")
+    cfg = DynamicSparsityConfig(algorithm="rigl", update_interval=1, prune_ratio=0.5, prune_schedule="constant",
+                                regrow_pruned=False)
     algo = RigLAlgorithm(cfg, MaskStructure(), 10, 0)
-    # The largest gradient sits on an active weight (ignored); among inactive ones -7 and 5 are the largest.
+    # The largest gradient sits on a weight pruned now (not a candidate here); among inactive ones -7 and 5 win.
     grad = torch.tensor([[100.0, 0.0, 0.1, -7.0], [0.0, 0.0, 5.0, 0.2]])
     upd = algo.update_layer("l", layer, 1, grad)
     # Pruned: the 2 smallest active magnitudes (1.0 and -2.0); grown: the 2 largest |grad| among inactive.
     assert upd.mask.tolist() == [[False, True, False, True], [False, True, True, False]]
     assert upd.expected_removed == upd.expected_added == 2
+
+
+def test_rigl_regrows_just_dropped_weight_by_default_hand_built():
+    """Evci et al. 2020 Algorithm 1: grow among all weights outside the kept set, the dropped ones included."""
+    mask = torch.tensor([[True, True, False, False], [True, True, False, False]])
+    layer = SparseLinear.from_dense(nn.Linear(4, 2), mask, MaskStructure(), 0.5)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.0, 4.0, 0.0, 0.0], [-2.0, 3.0, 0.0, 0.0]]))
+    cfg = DynamicSparsityConfig(algorithm="rigl", update_interval=1, prune_ratio=0.5, prune_schedule="constant")
+    assert cfg.regrow_pruned is True  # the paper's default
+    assert DynamicSparsityConfig(algorithm="dynsparse").regrow_pruned is False
+    assert DynamicSparsityConfig.from_dict(cfg.to_dict()).regrow_pruned is True
+    grad = torch.tensor([[100.0, 0.0, 0.1, -7.0], [0.0, 0.0, 5.0, 0.2]])
+    upd = RigLAlgorithm(cfg, MaskStructure(), 10, 0).update_layer("l", layer, 1, grad)
+    # Dropped: 1.0 at (0, 0) and -2.0 at (1, 0). Candidates: everything but the kept (0, 1), (1, 1); the largest
+    # |grad| are 100 at (0, 0) -- just dropped, so it comes straight back -- and -7 at (0, 3).
+    assert upd.mask.tolist() == [[True, True, False, True], [False, True, False, False]]
+    assert upd.expected_removed == upd.expected_added == 1  # only (1, 0) leaves and only (0, 3) arrives
+    with pytest.raises(TypeError, match="regrow_pruned='yes'"):
+        DynamicSparsityConfig(algorithm="rigl", regrow_pruned="yes")
 
 
 def test_rigl_block_pools_gradient_with_block_norm():

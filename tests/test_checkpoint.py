@@ -430,3 +430,69 @@ def test_inactive_values_kept_in_training_are_saved_masked(tmp_path):
         assert torch.equal(loaded.get_submodule(name).weight, expected)
         assert torch.equal(vanilla.get_submodule(name).weight, expected)
     assert sparse_modules(model)[next(iter(sparse_modules(model)))].weight.max() == 0.5  # model untouched
+
+
+def test_killed_save_litter_is_removed_by_the_next_save(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    path = ckpt.save_pretrained(sparse_model("bert", "unstructured"), tmp_path / "ck")
+    # A writer killed inside atomic_directory (os._exit runs no cleanup, like SIGKILL) leaves its temporary.
+    code = ("import os, sys; from pathlib import Path; from hf_sparse.checkpoint.atomic import atomic_directory\n"
+            "with atomic_directory(Path(sys.argv[1])) as tmp:\n"
+            "    (tmp / 'model.safetensors').write_bytes(b'x' * 1000); os._exit(9)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
+    assert proc.returncode == 9, proc.stderr
+    (dead,) = [e for e in os.listdir(tmp_path) if e.startswith(".ck.tmp-")]
+    host = dead[len(".ck.tmp-"):].rsplit("-", 2)[0]
+    live = f".ck.tmp-{host}-{os.getpid()}-0123abcd"  # a save in progress in a live process
+    other_host = ".ck.tmp-elsewhere.example-1-89abcdef"  # a shared file system: not ours to judge
+    legacy_old, legacy_new = ".ck.tmp-deadbeef", ".ck.tmp-feedf00d"  # hf_sparse 0.1 names: no owner recorded
+    unrelated = ".other.tmp-1-2-deadbeef"
+    for name in (live, other_host, legacy_old, legacy_new, unrelated):
+        (tmp_path / name).mkdir()
+    day_ago = time.time() - 25 * 3600
+    os.utime(tmp_path / legacy_old, (day_ago, day_ago))
+    ckpt.save_pretrained(sparse_model("bert", "nm"), path)
+    assert sorted(os.listdir(tmp_path)) == sorted(["ck", live, other_host, legacy_new, unrelated])
+    assert get_sparsity_config(ckpt.from_pretrained(BertForPreTraining, path)).structure == "nm"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_files_follow_the_umask(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        path = ckpt.save_pretrained(sparse_model("gpt2", "unstructured"), tmp_path / "ck")
+        export = ckpt.export(sparse_model("gpt2", "unstructured"), tmp_path / "compressed")
+    finally:
+        os.umask(old)
+    files = [path / f for f in os.listdir(path)] + [export.path / f for f in os.listdir(export.path)]
+    assert {p.name for p in files} >= {"model.safetensors", "sparsity_masks.safetensors", "config.json"}
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: oct(0o666 & ~umask) for p in files}
+
+
+def test_no_shard_progress_bar_for_one_shard(tmp_path, capfd):
+    ckpt.save_pretrained(sparse_model("bert", "unstructured"), tmp_path / "ck")
+    assert "Writing model shards" not in capfd.readouterr().err
+    from transformers.utils import logging as hf_logging
+
+    assert hf_logging.is_progress_bar_enabled()  # restored for everyone else
+
+
+def test_masked_pretraining_head_saves_as_bert_for_pretraining(tmp_path):
+    from transformers import AutoModelForPreTraining
+
+    from hf_sparse.heads import BertForPreTrainingMasked
+
+    model = sparse_model("bert", "unstructured", cls=BertForPreTrainingMasked)
+    path = ckpt.save_pretrained(model, tmp_path / "ck")
+    assert json.loads((path / "config.json").read_text())["architectures"] == ["BertForPreTraining"]
+    assert ckpt.read_sparsity_config(path)["model_class"] == "BertForPreTraining"
+    card = (path / "README.md").read_text()
+    assert "from transformers import BertForPreTraining\n" in card and "BertForPreTrainingMasked" not in card
+    vanilla = AutoModelForPreTraining.from_pretrained(str(path))  # the card's "without hf_sparse" snippet
+    assert type(vanilla) is BertForPreTraining
+    model.save_pretrained(tmp_path / "plain")  # the plain transformers path too
+    assert json.loads((tmp_path / "plain" / "config.json").read_text())["architectures"] == ["BertForPreTraining"]
+    assert type(ckpt.from_pretrained(BertForPreTrainingMasked, path)) is BertForPreTrainingMasked

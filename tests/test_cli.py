@@ -1,5 +1,6 @@
 import subprocess
 import sys
+import warnings
 
 import pytest
 
@@ -35,3 +36,14 @@ def test_module_entry_point():
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "12 sparse modules" in out.stdout
+
+
+@pytest.mark.parametrize("model", ["bert", "gpt2"])
+def test_demo_raises_no_warning(model, capfd):
+    # Every Python warning is an error here, and transformers' own logger (it writes to stderr directly) must stay
+    # silent too: e.g. GPT-2's "`loss_type=None` ... unrecognized", which the demo fixes by naming the loss.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert main(["demo", "--model", model, "--steps", "2"]) == 0
+    err = capfd.readouterr().err
+    assert "unrecognized" not in err and "warn" not in err.lower(), err

@@ -15,7 +15,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "transformers", "datasets", "evaluate", "matplotlib")
 # The sub-commands, listed here rather than read from `COMMANDS` so a new command cannot slip by unlisted.
-SUBCOMMANDS = ("demo", "flops", "bench-inference", "inspect", "densify", "card", "report", "quickstart")
+SUBCOMMANDS = ("demo", "flops", "bench-inference", "inspect", "densify", "card", "report", "quickstart",
+               "reproduce")
 
 
 def _python(*args: str) -> subprocess.CompletedProcess:

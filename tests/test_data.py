@@ -171,3 +171,50 @@ def test_squad_features_and_postprocessing_round_trip(shared_data):
     preds, refs = to_metric_format(answers, ds)
     scores = compute_squad(preds, refs)
     assert scores["f1"] > 90.0
+
+
+def test_whitespace_only_lines_separate_documents(tmp_path):
+    path = tmp_path / "docs.txt"
+    path.write_text("first doc line one\nfirst doc line two\n \t\nsecond doc\n   \n\nthird doc\n", encoding="utf-8")
+    docs = load_documents(str(path), wikitext_articles=False)
+    assert docs["text"] == ["first doc line one\nfirst doc line two", "second doc", "third doc"]
+    empty = tmp_path / "empty.txt"
+    empty.write_text(" \n\n\t\n")
+    with pytest.raises(ValueError, match="empty.txt: the file is empty"):
+        load_documents(str(empty))
+    with pytest.raises(FileNotFoundError, match="nope.txt"):
+        load_documents([str(path), str(tmp_path / "nope.txt")])
+
+
+def _wikitext(n_articles: int) -> str:
+    lines = []
+    for i in range(n_articles):
+        lines += [" ", f" = Article {i} = ", " ", f" Article {i} opens here . It has two sentences . ", " ",
+                  " = = Section = = ", " ", f" More about {i} . ", " "]
+    return "\n".join(lines) + "\n"
+
+
+def test_wikitext_files_split_at_article_titles(tmp_path):
+    from hf_sparse.data import looks_like_wikitext
+
+    path = tmp_path / "wiki.txt"
+    text = _wikitext(3)
+    path.write_text(text, encoding="utf-8")
+    assert looks_like_wikitext(str(path)) and not looks_like_wikitext(str(_corpus(tmp_path)))
+    docs = load_documents(str(path))  # auto: looks like WikiText
+    assert len(docs) == 3 and "".join(docs["text"]) == text  # verbatim, nothing lost
+    assert all(d.lstrip(" \n").startswith(f"= Article {i} =") for i, d in enumerate(docs["text"]))
+    # Without the option every " " line would be a blank line: one document per paragraph.
+    assert len(load_documents(str(path), wikitext_articles=False)) == 3 * 4
+    sentences = split_sentences(docs, one_sentence_per_line=False)["sentences"]
+    assert sentences[1] == ["Article 1 opens here .", "It has two sentences .", "More about 1 ."]  # no headings
+
+
+def test_shared_wikitext_gives_articles_and_real_nsp_negatives(shared_data, tmp_path):
+    docs = load_documents(str(shared_data / "text" / "wikitext-2-valid.txt"))
+    assert len(docs) > 20  # one document per article, not one for the whole file
+    tok = _wordpiece_tokenizer(tmp_path)
+    ids = tokenize_sentences(split_sentences(docs, one_sentence_per_line=False), tok)
+    examples = create_nsp_examples(ids, tok, max_seq_length=64, seed=0)
+    labels = examples["next_sentence_label"]
+    assert 0.3 < sum(labels) / len(labels) < 0.7  # random next segments come from other articles

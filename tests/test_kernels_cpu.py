@@ -175,7 +175,7 @@ def test_dense_kept_unless_a_sparse_format_wins_clearly(monkeypatch):
     from hf_sparse.kernels import cpu
 
     timings = {"dense": 1.0, "torch_csr": 0.97}  # 3% faster: inside the noise margin
-    monkeypatch.setattr(cpu, "time_round_robin", lambda calls, repeats: {m: timings[m] for m in calls})
+    monkeypatch.setattr(cpu, "time_round_robin", lambda calls, repeats, before=None: {m: timings[m] for m in calls})
     model = _tiny_bert(sparsity=0.5)
     choices = to_cpu_inference_(model, methods=["dense", "torch_csr"], calibration_tokens=16, repeats=1)
     assert {c.method for c in choices.values()} == {"dense"}

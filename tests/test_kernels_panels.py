@@ -73,16 +73,48 @@ def test_pack_cache_packs_one_tensor_once():
 
     cache = PackCache()
     x = torch.randn(2, 16, 8)
+    cache.get(x, 16, counting)
+    cache.get(x, 16, counting)
+    assert len(calls) == 2  # closed (outside its parent's forward): nothing is kept
+    cache.open()
     first = cache.get(x, 16, counting)
-    assert cache.get(x, 16, counting) is first and len(calls) == 1  # query, key and value share one pack
-    assert cache.get(x, 32, counting) is not first and len(calls) == 2  # another panel width
+    assert cache.get(x, 16, counting) is first and len(calls) == 3  # query, key and value share one pack
+    assert cache.get(x, 32, counting) is not first and len(calls) == 4  # another panel width
     same_values = x.clone()
-    assert torch.equal(cache.get(same_values, 32, counting), cache.get(x, 32, counting)) and len(calls) == 4
+    assert torch.equal(cache.get(same_values, 32, counting), cache.get(x, 32, counting)) and len(calls) == 6
     x.add_(1.0)  # edited in place: the version counter moves, so it is packed again
-    assert torch.equal(cache.get(x, 32, counting), pack(x.reshape(-1, 8), 32)) and len(calls) == 5
-    cache.clear()
+    assert torch.equal(cache.get(x, 32, counting), pack(x.reshape(-1, 8), 32)) and len(calls) == 7
+    cache.close()
     cache.get(x, 32, counting)
-    assert len(calls) == 6
+    assert len(calls) == 8 and cache._entry == ()  # closing dropped the activation
+
+
+def test_pack_cache_scope_follows_parent_forward_and_inference_tensors():
+    cache = PackCache()
+    parent = torch.nn.Identity()
+    cache.attach_(parent)
+    seen = []
+    parent.register_forward_pre_hook(lambda module, args: seen.append(cache._open))
+    with torch.inference_mode():
+        x = torch.randn(2, 16, 8)  # an inference tensor: no version counter
+        parent(x)
+        assert seen == [1] and cache._open == 0
+        first = cache.get(x, 16)
+        x.mul_(2.0)  # outside the parent's forward the cache is closed, so the edit is always seen
+        assert torch.equal(cache.get(x, 16), 2 * first)
+        cache.open()
+        assert cache.get(x, 16) is cache.get(x, 16)
+        cache.close()
+
+    class Boom(torch.nn.Module):
+        def forward(self, x):
+            raise RuntimeError("boom")
+
+    failing = Boom()
+    cache.attach_(failing)
+    with pytest.raises(RuntimeError, match="boom"):
+        failing(x)
+    assert cache._open == 0  # closed even when the forward raised
 
 
 def test_chunked_csr_hand_computed():
@@ -113,7 +145,7 @@ def test_layer_uses_column_chunks():
     in_f = 3 * spmm.CSR_COLUMN_CHUNK + 64
     weight = torch.randn(8, in_f) * (torch.rand(8, in_f) < 0.1)
     layer = SparseInferenceLinear(weight, None, "numba_csr")
-    assert layer._arrays[0].shape[0] == 8 * -(-in_f // spmm.CSR_COLUMN_CHUNK) + 1
+    assert layer._main.arrays[0].shape[0] == 8 * -(-in_f // spmm.CSR_COLUMN_CHUNK) + 1
     x = torch.randn(20, in_f)
     with torch.no_grad():
         torch.testing.assert_close(layer(x), x @ weight.T, rtol=1e-4, atol=1e-4)
@@ -150,8 +182,11 @@ def test_bert_feed_forward_passes_packed_activations(seq):
     up, down = "encoder.layer.0.intermediate.dense", "encoder.layer.0.output.dense"
     assert model.get_submodule(up).packed_output and not model.get_submodule(down).packed_output
     assert not model.get_submodule("encoder.layer.0.attention.self.query").packed_output
-    caches = {id(m.pack_cache) for m in model.modules() if isinstance(m, SparseInferenceLinear)}
-    assert len(caches) == 1 and None not in caches  # one cache shared by every layer
+    for layer in range(2):  # query / key / value share one cache per attention block; other layers have none
+        attention = f"encoder.layer.{layer}.attention.self."
+        caches = {id(model.get_submodule(attention + n).pack_cache) for n in ("query", "key", "value")}
+        assert len(caches) == 1 and model.get_submodule(attention + "query").pack_cache is not None
+    assert model.get_submodule(up).pack_cache is None
     seen = _record(model, [up, down])
     with torch.no_grad():
         torch.testing.assert_close(model(ids).last_hidden_state, expected, rtol=1e-5, atol=1e-5)

@@ -9,7 +9,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "hf_sparse"
 #: Bottom to top; the README's Layout table lists the same order.
 LAYERS = [
     "version", "config", "structure", "layers", "heads", "targets", "patching", "ift", "lr_rule", "algorithms",
-    "controller", "regularizers", "flops", "metrics", "kernels", "checkpoint", "trainer", "data", "reporting", "cli",
+    "controller", "regularizers", "flops", "metrics", "kernels", "checkpoint", "trainer", "data", "reporting",
+    "reproduction", "cli",
 ]
 
 

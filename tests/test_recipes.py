@@ -84,8 +84,9 @@ def test_bad_options_raise_naming_them(tmp_path):
 def test_shipped_configs_parse(path):
     script = ("finetune_squad" if "squad" in path.stem else "finetune_wikitext" if "wikitext" in path.stem
               else "pretrain_bert" if "bert" in path.stem else "pretrain_gpt2")
-    defaults = importlib.import_module(script).DEFAULTS  # parsed as the recipe parses it: its defaults first
-    m, d, t, s = common.parse_args(["--config", str(path), "--bf16", "false"], defaults)
+    module = importlib.import_module(script)  # parsed as the recipe parses it: its defaults and options only
+    m, d, t, s = common.parse_args(["--config", str(path), "--bf16", "false"], module.DEFAULTS, script=script,
+                                   unsupported=getattr(module, "UNSUPPORTED", None))
     name = path.stem
     if name == "bert-medium-dynsparse-s0.9":  # seed 000: n=160, pr=0.5, LR 2e-4, 10k warm-up, eps 1e-6
         assert (s["dynamic"].num_updates, s["dynamic"].prune_ratio, s["sparsity"].sparsity) == (160, 0.5, 0.9)
@@ -259,6 +260,18 @@ def test_bert_then_squad_on_synthetic_data_with_trained_tokenizer(tmp_path):
                   tmp_path, squad)
     assert 0.0 <= res["metrics"]["eval_f1"] <= 100.0 and res["metrics"]["eval_examples"] == 9
     assert not (squad / "sparsity_config.json").exists()
+    # predictions.json is the official evaluation script's input: scoring it gives the reported EM / F1.
+    predictions = json.loads((squad / "predictions.json").read_text())
+    nbest = json.loads((squad / "nbest_predictions.json").read_text())
+    questions = {qa["id"]: qa for a in json.loads(dev.read_text())["data"] for p in a["paragraphs"] for qa in p["qas"]}
+    assert predictions.keys() == questions.keys() == nbest.keys()
+    assert all(nbest[i][0]["text"] == predictions[i] for i in predictions)
+    from hf_sparse.data import compute_squad
+
+    scores = compute_squad([{"id": i, "prediction_text": t} for i, t in predictions.items()],
+                           [{"id": i, "answers": {"text": [a["text"] for a in qa["answers"]], "answer_start": []}}
+                            for i, qa in questions.items()])
+    assert scores["f1"] == pytest.approx(res["metrics"]["eval_f1"])
 
 
 @pytest.mark.slow
@@ -342,3 +355,46 @@ def test_plugins_register_user_algorithms_before_configs_are_built(tmp_path, mon
     _, _, _, s = common.parse_args(["--plugins", "my_sparse_plugin", "--dynamic.algorithm", "plugin_regrowth",
                                     "--train_files", "a.txt"])
     assert s["dynamic"].algorithm == "plugin_regrowth" and s["dynamic"].update_interval == 7
+
+
+def test_pretrain_bert_builds_sparse_ift_bert(tmp_path, monkeypatch):
+    """An ift: section pre-trains a Sparse-IFT BERT (it used to be ignored: a plain BERT with dense FLOPs)."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    pretrain_bert = importlib.import_module("pretrain_bert")
+    text = write_synthetic_text(str(tmp_path / "corpus.txt"), 40, seed=0)
+    out = tmp_path / "parallel"
+    metrics = pretrain_bert.main([
+        "--model_preset", "bert-test", "--tokenizer_name", "none", "--tokenizer_vocab_size", "200", "--train_files",
+        text, "--validation_files", text, "--max_seq_length", "32", "--max_steps", "2", "--warmup_steps", "1",
+        "--per_device_train_batch_size", "4", "--max_eval_samples", "8", "--save_strategy", "no", "--use_cpu", "true",
+        "--report_to", "none", "--disable_tqdm", "true", "--output_dir", str(out),
+        "--ift.kind", "parallel", "--ift.sparsity", "0.5", "--dynamic.algorithm", "static"])
+    assert math.isfinite(metrics["eval_mlm_loss"])
+    info = json.loads((out / "sparsity_config.json").read_text())
+    assert info["ift_config"]["kind"] == "parallel" and info["ift_config"]["sparsity"] == 0.5
+    stats = info["training_stats"]
+    assert 0 < stats["train_flops"] < stats["dense_train_flops"]  # two 50%-sparse branches per layer
+    from transformers import BertForPreTraining
+
+    model = hf_sparse.from_pretrained(BertForPreTraining, str(out))
+    assert hf_sparse.get_sparse_ift_config(model).kind == "parallel"
+    card = (out / "README.md").read_text()
+    assert "## Training data" in card and "corpus.txt" in card.split("## Training data", 1)[1]
+    with pytest.raises(ValueError, match="either an ift: section .* or a sparsity: section"):
+        pretrain_bert.build_model(common.ModelArguments(model_preset="bert-test"),
+                                  {"ift": hf_sparse.SparseIFTConfig(kind="wide", sparsity=0.5),
+                                   "sparsity": hf_sparse.SparsityConfig(sparsity=0.5)}, 100, 0)
+
+
+def test_data_card_info_names_hub_splits_and_local_files():
+    hub = common.DataArguments(dataset_name="wikimedia/wikipedia,bookcorpus/bookcorpus",
+                               dataset_config_name="20231101.en,")
+    assert common.data_card_info(hub, held_out=True) == {
+        "datasets": ["wikimedia/wikipedia", "bookcorpus/bookcorpus"],
+        "training_data": ["wikimedia/wikipedia (20231101.en, train)", "bookcorpus/bookcorpus (train)"],
+        "eval_data": ["1% of the training documents held out (wikimedia/wikipedia, bookcorpus/bookcorpus)"]}
+    squad = common.DataArguments(dataset_name="rajpurkar/squad")
+    assert common.data_card_info(squad, held_out=False)["eval_data"] == ["rajpurkar/squad (validation)"]
+    local = common.DataArguments(train_files=["/data/train-v1.1.json"], validation_files=["/data/dev-v1.1.json"])
+    assert common.data_card_info(local, held_out=False) == {"training_data": ["train-v1.1.json"],
+                                                            "eval_data": ["dev-v1.1.json"]}

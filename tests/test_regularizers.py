@@ -384,6 +384,31 @@ def test_str_threshold_hand_computed_and_decay():
     assert list(reg.parameters(model)) == [model.a.parametrizations.weight[0].s]
 
 
+def test_str_full_step_matches_hand_computation():
+    """One SGD step through S_g then `apply_`: W <- (W - eta dL/dW)(1 - eta lambda), s likewise (see `STR`)."""
+    model = tiny()
+    reg = STR(strength=0.5, s_init=-2.0, target_modules=["a"])
+    reg.prepare_(model)
+    stored, param = model.a.parametrizations.weight.original, model.a.parametrizations.weight[0]
+    w = torch.tensor(W4)
+    with torch.no_grad():
+        stored.copy_(w)
+    c = torch.arange(16, dtype=torch.float32).reshape(4, 4) / 10 - 0.7  # dL/dW_effective, by construction
+    eta, lam = 0.1, 0.5
+    opt = torch.optim.SGD([stored, param.s], lr=eta)
+    (model.a.weight * c).sum().backward()
+    opt.step()
+    reg.apply_(model, lr=eta)
+    # By hand: threshold t = sigmoid(-2); S_g passes the gradient where |w| > t, and dS/ds = -sign(w) t (1 - t).
+    thr = 1.0 / (1.0 + math.exp(2.0))
+    live = (w.abs() > thr).float()
+    grad_w = c * live
+    grad_s = -(c * torch.sign(w) * live).sum() * thr * (1 - thr)
+    assert torch.allclose(stored.detach(), (w - eta * grad_w) * (1 - eta * lam), atol=1e-6)
+    assert math.isclose(float(param.s), (-2.0 - eta * float(grad_s)) * (1 - eta * lam), rel_tol=1e-6)
+    assert float(param.threshold()) != thr  # the threshold moved
+
+
 def test_spred_balanced_init_and_decay():
     model = tiny(W4)
     reg = Spred(strength=0.5, target_modules=["a"])

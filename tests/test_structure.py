@@ -162,11 +162,12 @@ def test_transposable_best_pattern_against_brute_force():
     assert nm_mask(mask.float(), 2, 4, 1).eq(mask).all() and nm_mask(mask.float(), 2, 4, 0).eq(mask).all()
 
 
-def test_transposable_needs_both_dims_and_small_m():
+def test_transposable_needs_both_dims_and_enumerates_small_m_only():
     with pytest.raises(ValueError, match="both dimensions"):
         check_fits(MaskStructure("nm_transposable"), (8, 6), 1, "fc")
+    assert MaskStructure("nm_transposable", n=4, m=8).describe() == "4:8 transposable"  # solved by min-cost flow
     with pytest.raises(ValueError, match="m <= 5"):
-        MaskStructure("nm_transposable", n=4, m=8)
+        transposable_patterns(4, 8)
 
 
 def test_topk_allowed_and_errors():

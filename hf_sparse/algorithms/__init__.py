@@ -18,6 +18,7 @@ from ..config.registry import ALGORITHM_REGISTRY
 from ..structure import MaskStructure
 from .base import LayerUpdate, SparsityAlgorithm, StaticAlgorithm
 from .gmp import GMPAlgorithm
+from .movement import MovementAlgorithm, SoftMovementAlgorithm, movement_granule_scores
 from .prune_regrow import DynSparseAlgorithm, RigLAlgorithm, SETAlgorithm
 from .schedules import UpdateSchedule, cubic_density, prune_ratio_at
 from .topk import TopKAlgorithm
@@ -49,7 +50,10 @@ def register_algorithm(cls: Type[SparsityAlgorithm]) -> Type[SparsityAlgorithm]:
     return ALGORITHM_REGISTRY.register(cls)
 
 
-for _cls in (StaticAlgorithm, DynSparseAlgorithm, SETAlgorithm, RigLAlgorithm, GMPAlgorithm, TopKAlgorithm):
+for _cls in (
+    StaticAlgorithm, DynSparseAlgorithm, SETAlgorithm, RigLAlgorithm, GMPAlgorithm, TopKAlgorithm,
+    MovementAlgorithm, SoftMovementAlgorithm,
+):
     register_algorithm(_cls)
 
 
@@ -75,14 +79,17 @@ __all__ = [
     "DynSparseAlgorithm",
     "GMPAlgorithm",
     "LayerUpdate",
+    "MovementAlgorithm",
     "RigLAlgorithm",
     "SETAlgorithm",
+    "SoftMovementAlgorithm",
     "SparsityAlgorithm",
     "StaticAlgorithm",
     "TopKAlgorithm",
     "UpdateSchedule",
     "build_algorithm",
     "cubic_density",
+    "movement_granule_scores",
     "prune_ratio_at",
     "register_algorithm",
 ]

@@ -61,6 +61,9 @@ class SparsityAlgorithm:
     structures: ClassVar[Tuple[str, ...]] = ALL_STRUCTURES
     #: Whether the update needs the dense gradient of the effective weight from the step before it.
     needs_dense_grad: ClassVar[bool] = False
+    #: Whether the captured tensor is ``dL/dW' * W`` (gradient of the effective weight times the weight at backward
+    #: time, the movement-pruning score increment) rather than the gradient itself.
+    capture_grad_times_weight: ClassVar[bool] = False
     #: Whether the schedule forces an update at ``end_step`` (GMP reaches its final density there).
     include_end: ClassVar[bool] = False
     #: Whether the algorithm ever changes masks (``static`` does not: it needs no schedule and no total steps).
@@ -119,6 +122,24 @@ class SparsityAlgorithm:
         """The new mask of one layer at update step ``step`` (``grad``: captured dense gradient, if requested)."""
         return LayerUpdate(module.weight_mask.clone(), 0, 0)
 
+    def captures_dense_grad(self, step: int) -> bool:
+        """Whether the controller records the dense gradient during optimizer step ``step``.
+
+        The default asks for it only before an update of an algorithm that `needs_dense_grad` (RigL); a scoring
+        algorithm (movement pruning) asks for it at every step it accumulates scores.
+        """
+        return self.needs_dense_grad and self.is_update_step(step)
+
+    def observe_step_(self, modules: Dict[str, SparseMixin], step: int, grads: Dict[str, torch.Tensor]) -> None:
+        """Per-step scoring hook, called after every optimizer step, before any update at ``step``.
+
+        Args:
+            modules: The sparse layers by name.
+            step: Optimizer steps completed.
+            grads: What was captured during that step (summed over micro-batches and processes), by layer; empty
+                unless `captures_dense_grad` asked for it.
+        """
+
     def straight_through(self, step: int) -> bool:
         """Whether inactive weights receive gradients during the steps after ``step``."""
         return False
@@ -141,6 +162,13 @@ class SparsityAlgorithm:
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Restores `state_dict`."""
+
+    def tensor_state_dict(self) -> Dict[str, torch.Tensor]:
+        """Tensor state (e.g. importance scores), saved bit-exactly next to the masks; the base has none."""
+        return {}
+
+    def load_tensor_state_dict(self, tensors: Dict[str, torch.Tensor]) -> None:
+        """Restores `tensor_state_dict` (called after `load_state_dict`)."""
 
     # --- shared helpers --------------------------------------------------------------------------------------
     def generator(self, step: int, name: str, device: torch.device) -> torch.Generator:

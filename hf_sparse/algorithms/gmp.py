@@ -30,8 +30,9 @@ class GMPAlgorithm(SparsityAlgorithm):
 
     @classmethod
     def initial_sparsity_config(cls, sparsity_config, config):
-        # GMP starts denser than its target (dense by default) and prunes down along the cubic schedule.
-        return dataclasses.replace(sparsity_config, sparsity=1.0 - config.gmp_initial_density)
+        # GMP starts denser than its target (dense by default) and prunes down along the cubic schedule. Every layer
+        # starts at the initial density, pinned ones too (the pattern sets where they end, via the final densities).
+        return dataclasses.replace(sparsity_config, sparsity=1.0 - config.gmp_initial_density, sparsity_pattern=None)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

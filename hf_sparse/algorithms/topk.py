@@ -22,10 +22,11 @@ from .base import LayerUpdate, SparsityAlgorithm
 
 
 class TopKAlgorithm(SparsityAlgorithm):
-    """Top-d magnitude rewiring with FIX / RESET / REGULARIZE exploitation; every structure."""
+    """Top-d magnitude rewiring with FIX / RESET / REGULARIZE exploitation (or ``NONE``); every structure."""
 
     name = "topk"
-    defaults = {"update_interval": 100, "prune_ratio": 0.0, "end_fraction": 1.0}
+    # Algorithm 1 of the NVIDIA paper selects the top-d weights at every iteration.
+    defaults = {"update_interval": 1, "prune_ratio": 0.0, "end_fraction": 1.0}
 
     @classmethod
     def check_config(cls, config) -> None:

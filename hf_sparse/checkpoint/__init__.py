@@ -8,6 +8,7 @@
 - `hub`: `push_to_hub` in one commit.
 - `compressed`: `export` / `load_compressed` (active values + bitmask).
 - `card`: the model card, rendered from the packaged template.
+- `citations`: the papers a card cites (BibTeX with arXiv ids where there are any).
 
 Only JSON and safetensors are ever read; nothing is unpickled.
 

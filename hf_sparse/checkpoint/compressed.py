@@ -22,9 +22,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import masks as mask_io
-from .atomic import atomic_directory, is_main_process as _is_main_process
+from .atomic import apply_umask_, atomic_directory, is_main_process as _is_main_process
 from .load import restore_sparse_modules_
-from .save import module_records
+from .save import architecture_name, module_records
 from ..config import SparsityConfig
 from .masks import CheckpointError
 from ..patching import get_sparsity_config, set_sparsity_config, sparse_modules
@@ -145,12 +145,14 @@ def export(
         if format == "dense":
             # The model's own writer, with our (possibly cast) tensors: a vanilla checkpoint.
             model.save_pretrained(str(tmp), state_dict={k: out[k] for k in tensors})
+            apply_umask_([tmp / f for f in mask_io.weight_files(tmp)])
             file_bytes = sum((tmp / f).stat().st_size for f in mask_io.weight_files(tmp))
         else:
             model.config.save_pretrained(str(tmp))
             save_file({k: v.cpu() for k, v in out.items()}, str(tmp / COMPRESSED_WEIGHTS), metadata={"format": "pt"})
+            apply_umask_([tmp / COMPRESSED_WEIGHTS])
             cfg = get_sparsity_config(model)
-            record = {"format": "compressed", "format_version": 1, "model_class": type(model).__name__,
+            record = {"format": "compressed", "format_version": 1, "model_class": architecture_name(model),
                       "sparsity_config": cfg.to_dict() if cfg is not None else None, "tied": tied,
                       "modules": module_records(model)}
             (tmp / COMPRESSED_CONFIG).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")

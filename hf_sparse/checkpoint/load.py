@@ -145,7 +145,10 @@ def from_pretrained(
         dense: Return the plain dense model (inactive weights zero) for dense fine-tuning.
         verify_checksums: Check every file against the SHA-256 recorded at save time.
         revision, token, cache_dir: Hub download options.
-        **kwargs: Passed to ``model_class.from_pretrained`` (e.g. ``dtype``, ``num_labels``).
+        **kwargs: As for ``model_class.from_pretrained``: config overrides (``num_labels=3``), ``dtype``,
+            ``config``; Sparse-IFT checkpoints take the same (`ift.from_pretrained_sparse_ift`). Weights of the
+            checkpoint's head that ``model_class`` lacks are dropped, and a new head is initialised, with
+            transformers' usual report.
 
     Returns:
         The model, with `SparseLinear` / `SparseConv1D` modules and their masks unless ``dense=True``.
@@ -162,13 +165,16 @@ def from_pretrained(
     record, masks = read_checkpoint(directory, verify_checksums=verify_checksums)
     from transformers import AutoConfig
 
-    config = kwargs.pop("config", None) or AutoConfig.from_pretrained(str(directory))
+    # Config overrides (num_labels=3, ...) go to transformers with the path, exactly as in its from_pretrained;
+    # the config read here only tells whether the checkpoint records a Sparse-IFT.
+    config = kwargs.get("config") or AutoConfig.from_pretrained(str(directory))
     if getattr(config, "sparse_ift", None):
         # Parallel / Factorized / Doped change the module tree: rebuild it from config.json, load the weights
-        # (safetensors only), then put the saved masks on the rebuilt sparse layers below.
-        model = from_pretrained_sparse_ift(model_class, directory, masks="nonzero")
+        # (safetensors only; unused head weights dropped, new head weights initialised), then put the saved
+        # masks on the rebuilt sparse layers below.
+        model = from_pretrained_sparse_ift(model_class, directory, masks="nonzero", **kwargs)
     else:
-        model = model_class.from_pretrained(str(directory), config=config, **kwargs)
+        model = model_class.from_pretrained(str(directory), **kwargs)
     n = len(record["modules"])
     if dense:
         _plan_restore(model, record, masks)  # the masks are validated even when the caller wants the dense model

@@ -20,15 +20,16 @@ import json
 import logging
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, Iterator, List, Optional, Union
 
 import torch
 from torch import nn
 
 from . import masks as mask_io
-from .atomic import atomic_directory, in_place_directory, is_main_process as _is_main_process
+from .atomic import apply_umask_, atomic_directory, in_place_directory, is_main_process as _is_main_process
 from .read import FORMAT_VERSION, LAYOUTS, SPARSITY_CONFIG_NAME
 from .masks import MASKS_NAME
 from ..patching import get_sparsity_config, sparse_modules
@@ -119,8 +120,12 @@ def save_pretrained(
         ift_config: The Sparse-IFT config, same forms.
         training_stats: Known training statistics, e.g. ``{"step": 1000, "dof": 0.31, "train_flops": 1.2e15,
             "dense_train_flops": 4.1e15}`` (JSON values).
-        card_info: Model card inputs (`model_card.render_model_card`): ``base_model``, ``datasets``,
-            ``eval_results``, ``license``, ``language``, ``model_name``, ``algorithm``.
+        card_info: Model card inputs (`card.render_model_card`, keys `card.CARD_KEYS`): ``base_model``,
+            ``datasets`` (Hub ids, for the YAML header), ``training_data`` / ``eval_data`` (file names or Hub ids
+            with config and split, listed in the card), ``eval_results`` (``huggingface_hub.EvalResult`` keyword
+            dicts plus an optional ISO ``"date"``, default: today, UTC), ``papers`` (extra keys of
+            `citations.PAPERS`), ``intended_use`` / ``limitations`` (extra text), ``license``, ``language``,
+            ``model_name``, ``title``, ``algorithm``, ``tags``, ``repo_id``.
         tokenizer: A tokenizer / processor saved alongside (anything with ``save_pretrained``).
         is_main_process: Whether this process writes; by default rank 0 of a ``torch.distributed`` /
             Accelerate run (the others return ``None`` without writing).
@@ -136,7 +141,7 @@ def save_pretrained(
     Example:
         >>> hf_sparse.save_pretrained(model, "out/bert-mini-s90", training_stats={"step": 1000})
     """
-    from .card import render_model_card
+    from .card import prepare_card_info, render_model_card
 
     found = sparse_modules(model)
     if not found:
@@ -149,14 +154,14 @@ def save_pretrained(
     record = {
         "format_version": FORMAT_VERSION,
         "hf_sparse_version": __version__,
-        "model_class": type(model).__name__,
+        "model_class": architecture_name(model),
         "model_type": getattr(getattr(model, "config", None), "model_type", None),
         "base_model_prefix": _base_prefix(model),
         "sparsity_config": cfg.to_dict() if cfg is not None else None,
         "dynamic_config": _as_dict(dynamic_config, "dynamic_config"),
         "ift_config": _as_dict(ift_config, "ift_config"),
         "training_stats": _as_dict(training_stats, "training_stats"),
-        "card": {"repo_id": str(save_directory), **(_as_dict(card_info, "card_info") or {})},
+        "card": {"repo_id": str(save_directory), **prepare_card_info(_as_dict(card_info, "card_info"))},
         "modules": module_records(model),
     }
     card = render_model_card(record)  # validates the card inputs before anything is written
@@ -167,15 +172,50 @@ def save_pretrained(
     with (atomic_directory(final, _carry_over) if atomic else in_place_directory(final)) as tmp:
         if not atomic:  # in place: no sparsity config (the commit record) until the new files are complete
             (tmp / SPARSITY_CONFIG_NAME).unlink(missing_ok=True)
-        model.save_pretrained(str(tmp), **_effective_state_dict_kwargs(model, found, kwargs))
+        with _quiet_shard_progress(model, kwargs):
+            model.save_pretrained(str(tmp), **_effective_state_dict_kwargs(model, found, kwargs))
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
         mask_io.save_masks(masks, tmp / MASKS_NAME)
+        apply_umask_([tmp / f for f in (*mask_io.weight_files(tmp), MASKS_NAME)])
         record["files"] = {f: mask_io.file_sha256(tmp / f) for f in (*mask_io.weight_files(tmp), MASKS_NAME)}
         (tmp / SPARSITY_CONFIG_NAME).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         card.save(str(tmp / MODEL_CARD_NAME))
     logger.info("Saved sparse checkpoint with %d sparse modules to %s.", len(found), final)
     return final
+
+
+def architecture_name(model: nn.Module) -> str:
+    """The transformers class name a checkpoint of ``model`` records (``BertForPreTrainingMasked`` saves as
+    ``BertForPreTraining``: same weights, and a class vanilla transformers has)."""
+    return getattr(model, "checkpoint_architecture", None) or type(model).__name__
+
+
+@contextmanager
+def _quiet_shard_progress(model: nn.Module, kwargs: Dict[str, Any]) -> Iterator[None]:
+    """Silences transformers' "Writing model shards" bar while a checkpoint fits one shard.
+
+    One shard makes the bar jump from 0/1 to 1/1: noise in every log (tests write hundreds of tiny checkpoints).
+    Sharded saves of large models keep it.
+    """
+    from transformers.utils import logging as hf_logging
+
+    limit = kwargs.get("max_shard_size", "50GB")
+    try:
+        from transformers.utils.hub import convert_file_size_to_int
+
+        limit = convert_file_size_to_int(limit)
+    except (ImportError, ValueError):
+        limit = None
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    quiet = limit is not None and size <= limit and hf_logging.is_progress_bar_enabled()
+    if quiet:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if quiet:
+            hf_logging.enable_progress_bar()
 
 
 def _effective_state_dict_kwargs(model: nn.Module, found: Dict[str, nn.Module], kwargs: Dict[str, Any]) -> Dict[str, Any]:

@@ -169,22 +169,57 @@ def _add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch_size", type=int, default=8, help="Sequences per timed forward pass.")
     p.add_argument("--seq_len", type=int, default=128, help="Tokens per sequence.")
     p.add_argument("--repeats", type=int, default=5, help="Timed forward passes per model (best is kept).")
+    p.add_argument("--prompt_len", type=int, default=32, help="Causal LMs: prompt tokens of the generation run.")
+    p.add_argument("--new_tokens", type=int, default=48,
+                   help="Causal LMs: greedy tokens generated per run, batch 1 (0 skips the generation run).")
     p.add_argument("--json", action="store_true", help="Print the result as JSON.")
 
 
+def bench_model_class(directory: Path):
+    """The transformers class to load a checkpoint for benchmarking: its ``config.json`` ``architectures[0]``
+    (so every stored weight, heads included, finds its module and no unexpected-key report is printed), else
+    `AutoModel`."""
+    import transformers
+
+    config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    for name in config.get("architectures") or []:
+        cls = getattr(transformers, name, None)
+        if cls is not None:
+            return cls
+    return transformers.AutoModel
+
+
 def _run_bench(args: argparse.Namespace) -> int:
-    """Loads the checkpoint's base model sparse and times it dense vs converted for CPU inference."""
-    from transformers import AutoModel
+    """Loads the checkpoint sparse in its own class and times it dense vs converted for CPU inference (and greedy
+    generation for causal LMs)."""
+    from transformers.utils import logging as hf_logging
 
     from ..checkpoint import from_pretrained
-    from ..kernels import benchmark_inference
+    from ..kernels import benchmark_generation, benchmark_inference
 
     if args.batch_size < 1 or args.seq_len < 1:
         raise ValueError(f"--batch_size={args.batch_size} and --seq_len={args.seq_len} must be positive.")
-    model = from_pretrained(AutoModel, args.directory).eval()
-    result = benchmark_inference(model, batch_size=args.batch_size, seq_len=args.seq_len, repeats=args.repeats)
+    if args.prompt_len < 1 or args.new_tokens < 0:
+        raise ValueError(f"--prompt_len={args.prompt_len} must be positive and --new_tokens={args.new_tokens} "
+                         ">= 0.")
+    directory = Path(args.directory)
+    cls = bench_model_class(directory)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # generation-config notes on a timing run are not the user's to act on
+    try:
+        model = from_pretrained(cls, str(directory)).eval()
+        result = benchmark_inference(model, batch_size=args.batch_size, seq_len=args.seq_len, repeats=args.repeats)
+        generation = None
+        if args.new_tokens and callable(getattr(model, "can_generate", None)) and model.can_generate():
+            generation = benchmark_generation(model, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
+                                              repeats=args.repeats)
+    finally:
+        hf_logging.set_verbosity(verbosity)
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        out = {"model_class": type(model).__name__, **result.to_dict()}
+        if generation is not None:
+            out["generation"] = generation.to_dict()
+        print(json.dumps(out, indent=2))
         return 0
     print(f"{args.directory}: {type(model).__name__}, batch {args.batch_size} x {args.seq_len} tokens, "
           f"best of {args.repeats}")
@@ -192,6 +227,15 @@ def _run_bench(args: argparse.Namespace) -> int:
           f"{result.speedup:.2f}x (max |difference| {result.max_abs_diff:.2e})")
     for kind, choice in result.choices.items():
         print(f"  {kind}: {choice.method}")
+    if generation is not None:
+        g = generation.to_dict()
+        print(f"greedy generation, batch 1, {args.prompt_len} prompt + {args.new_tokens} new tokens, median of "
+              f"{args.repeats}: dense {g['dense_tokens_per_second']:.1f} tokens/s, sparse "
+              f"{g['sparse_tokens_per_second']:.1f} tokens/s: {generation.speedup:.2f}x (same tokens: "
+              f"{'yes' if generation.same_tokens else 'NO'})")
+        for kind, choice in generation.choices.items():
+            print(f"  {kind}: prefill {choice.method}, decode {choice.decode_method}"
+                  + (f" (up to {choice.few_rows} rows)" if choice.few_rows else ""))
     return 0
 
 

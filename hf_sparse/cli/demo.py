@@ -36,6 +36,9 @@ def _run_demo(args: argparse.Namespace) -> int:
     else:
         model = GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=256, n_layer=2, n_head=4, n_positions=seq,
                                            bos_token_id=0, eos_token_id=0))
+        # transformers picks the loss from the class name and does not recognise "GPT2LMHeadModel": it falls
+        # back to the causal-LM loss with a warning the user cannot act on. Name the loss it falls back to.
+        model.loss_type = "ForCausalLM"
     nm = args.structure in ("nm", "nm_transposable")
     cfg = SparsityConfig(sparsity=None if nm else args.sparsity, structure=args.structure,
                          block_size=args.block_size, init="truncated_normal", seed=args.seed)

@@ -19,17 +19,18 @@ from .demo import DEMO_COMMANDS
 from .flops import FLOPS_COMMANDS
 from .quickstart import QUICKSTART_COMMANDS
 from .report import add_report_args, run_report
+from .reproduce import REPRODUCE_COMMANDS
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Appends ``(default: ...)`` to every option's help, except required options and ``None`` defaults.
+    """Appends ``(default: ...)`` to every option's help, except required options, flags and ``None`` defaults.
 
     A ``None`` default means "derived when omitted" and the help text says from what; ``(default: None)`` would
-    only contradict it.
+    only contradict it, and ``(default: False)`` on a flag says nothing.
     """
 
     def _get_help_string(self, action: argparse.Action) -> Optional[str]:
-        if action.required or action.default is None:
+        if action.required or action.default is None or isinstance(action, argparse._StoreTrueAction):
             return action.help
         return super()._get_help_string(action)
 
@@ -42,6 +43,7 @@ COMMANDS: Dict[str, Command] = {
     "report": ("Plot a training run (or several): densities, DOF, masks, threshold sparsity, loss vs FLOPs.",
                add_report_args, run_report),
     **QUICKSTART_COMMANDS,  # quickstart
+    **REPRODUCE_COMMANDS,  # reproduce
 }
 
 

@@ -10,7 +10,7 @@ from .registry import ALGORITHM_REGISTRY
 
 PRUNE_SCHEDULES = ("cosine", "linear", "constant")
 INACTIVE_MODES = ("zero", "frozen")
-TOPK_EXPLOITATIONS = ("FIX", "RESET", "REGULARIZE")
+TOPK_EXPLOITATIONS = ("FIX", "RESET", "REGULARIZE", "NONE")
 
 
 def __getattr__(name: str):
@@ -35,7 +35,8 @@ class DynamicSparsityConfig(ConfigMixin):
             (the initial pattern never changes), ``"dynsparse"`` (magnitude / block-norm pruning with random
             re-allocation, Dietrich et al. 2021, arXiv:2108.06277), ``"set"`` (same, SET defaults), ``"rigl"``
             (re-allocation by dense-gradient magnitude), ``"gmp"`` (gradual magnitude pruning, cubic schedule) or
-            ``"topk"`` (top-d magnitude rewiring with straight-through gradients, the NVIDIA sparse-training study).
+            ``"topk"`` (top-d magnitude rewiring with straight-through gradients, the NVIDIA sparse-training study), ``"movement"``
+            / ``"soft_movement"`` (movement pruning of a dense model, Sanh et al. 2020, arXiv:2005.07683).
         num_updates: Number of pattern updates ``n`` spread over the run (one every ``total_steps / n`` steps).
         update_interval: Optimizer steps between updates (``Delta T``). Give this or ``num_updates``, not both.
         prune_ratio: Maximum fraction of active granules pruned (and re-allocated) at an update.
@@ -49,13 +50,22 @@ class DynamicSparsityConfig(ConfigMixin):
         gmp_initial_density: Density GMP starts from (1.0 = dense).
         topk_exploitation: ``"FIX"`` (stop rewiring after ``topk_fix_fraction`` and zero non-participating
             weights), ``"RESET"`` (zero them every ``topk_reset_interval`` steps) or ``"REGULARIZE"`` (decay them
-            by ``topk_regularize_beta`` every step).
+            by ``topk_regularize_beta`` every step); ``"NONE"``: rewiring with no exploitation, the baseline of
+            the NVIDIA paper's Fig. 3.
         topk_fix_fraction: ``v`` of the NVIDIA sparse-training study, anonymous ICLR 2022 submission: fraction of training after which FIX stops rewiring.
         topk_reset_interval: ``z``: steps between RESETs.
         topk_regularize_beta: ``beta``: per-step decay of non-participating weights for REGULARIZE.
         topk_ste_scale: Scale ``s`` of the straight-through gradient reaching non-participating weights.
+        soft_movement_lambda: ``soft_movement`` (Sanh et al. 2020, arXiv:2005.07683): final weight ``lambda`` of the
+            regulariser ``lambda * sum sigmoid(S)`` on the scores; it rises with the cubic schedule from 0.
+        soft_movement_score_lr: ``soft_movement``: step size of the score updates (the movement gradients are
+            normalised by their RMS over all layers, so this sets how fast scores saturate).
         seed: Seed of the update randomness; ``None`` uses the `SparsityConfig` seed.
         log_per_layer: Also log density / DOF / churn of every layer (otherwise only model-wide values).
+        regrow_pruned: Prune-and-regrow algorithms: may a granule pruned at an update be re-allocated at that same
+            update? ``None`` takes the algorithm's default: ``True`` for ``rigl`` (Evci et al. 2020,
+            arXiv:1911.11134, Algorithm 1 grows among all weights outside the kept set), ``False`` for
+            ``dynsparse`` / ``set`` (re-allocation only among weights inactive before the update).
 
     Example:
         >>> DynamicSparsityConfig(algorithm="dynsparse", num_updates=160, prune_ratio=0.5)
@@ -66,7 +76,7 @@ class DynamicSparsityConfig(ConfigMixin):
 
     algorithm: str = field(
         default="dynsparse",
-        metadata={"help": "A registered algorithm: static, dynsparse, set, rigl, gmp, topk, or your own."},
+        metadata={"help": "A registered algorithm: static, dynsparse, set, rigl, gmp, topk, movement, soft_movement, or your own."},
     )
     num_updates: Optional[int] = field(
         default=None, metadata={"help": "Number of pattern updates spread over training (n of Dietrich et al. 2021, arXiv:2108.06277)."}
@@ -102,8 +112,20 @@ class DynamicSparsityConfig(ConfigMixin):
     topk_ste_scale: float = field(
         default=1.0, metadata={"help": "top-k: scale of the straight-through gradient of non-participating weights."}
     )
+    soft_movement_lambda: float = field(
+        default=1.0,
+        metadata={"help": "soft_movement: final weight of the score regulariser lambda * sum sigmoid(S) (rises with the "
+                  "cubic schedule)."},
+    )
+    soft_movement_score_lr: float = field(
+        default=0.01, metadata={"help": "soft_movement: step size of the score updates (RMS-normalised gradients)."}
+    )
     seed: Optional[int] = field(default=None, metadata={"help": "Update seed (None: the SparsityConfig seed)."})
     log_per_layer: bool = field(default=False, metadata={"help": "Log per-layer sparsity metrics too."})
+    regrow_pruned: Optional[bool] = field(
+        default=None,
+        metadata={"help": "Let just-pruned granules be regrown at the same update (None: the algorithm's default)."},
+    )
 
     def __post_init__(self) -> None:
         algorithm_cls = ALGORITHM_REGISTRY.get(self.algorithm)
@@ -124,6 +146,10 @@ class DynamicSparsityConfig(ConfigMixin):
             self.prune_ratio = defaults.get("prune_ratio", 0.0)
         if self.end_fraction is None:
             self.end_fraction = defaults.get("end_fraction", 1.0)
+        if self.regrow_pruned is None:
+            self.regrow_pruned = bool(defaults.get("regrow_pruned", False))
+        if not isinstance(self.regrow_pruned, bool):
+            raise TypeError(f"regrow_pruned={self.regrow_pruned!r} must be a bool or None.")
         for name in ("num_updates", "update_interval", "topk_reset_interval"):
             value = getattr(self, name)
             if value is not None and not (_is_int(value) and value >= 1):
@@ -144,6 +170,10 @@ class DynamicSparsityConfig(ConfigMixin):
             raise ValueError(f"topk_regularize_beta={self.topk_regularize_beta!r} must be in [0, 1).")
         if not (_is_number(self.topk_ste_scale) and self.topk_ste_scale >= 0.0):
             raise ValueError(f"topk_ste_scale={self.topk_ste_scale!r} must be a non-negative number.")
+        for name in ("soft_movement_lambda", "soft_movement_score_lr"):
+            value = getattr(self, name)
+            if not (_is_number(value) and value >= 0.0):
+                raise ValueError(f"{name}={value!r} must be a non-negative number.")
         if self.seed is not None and not _is_int(self.seed):
             raise TypeError(f"seed={self.seed!r} must be an integer or None.")
         algorithm_cls.check_config(self)

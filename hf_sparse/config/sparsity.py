@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass, field
-from typing import ClassVar, List, Optional, Union
+from typing import Any, ClassVar, Dict, List, Optional, Union
 
 from .base import ConfigMixin, _check_choice
 
@@ -40,6 +42,13 @@ class SparsityConfig(ConfigMixin):
         target_modules: ``None`` for the defaults of the model type, ``"all-linear"``, a regex matched against
             the full module name, or a list of module names / name suffixes.
         exclude_modules: Regex or list of names / suffixes removed from the targets.
+        sparsity_pattern: Per-module sparsity overrides, ``{regex: sparsity}`` (peft's ``rank_pattern``
+            convention): each regex is matched in full against the module name, the first matching entry wins,
+            and every entry must match at least one target module. Other modules keep ``sparsity`` (uniform) or
+            share what the pinned modules leave of the overall budget (``"erk"``, see `layer_densities`). For N:M
+            structures a module's ``1 - sparsity`` must be a multiple of ``1/m`` (it then gets ``N' : M``). A JSON
+            object string (command line) or ordered ``[[regex, sparsity], ...]`` pairs (how JSON files store it,
+            since their keys are sorted) are accepted too.
         seed: Seed of every random choice (initial pattern, re-initialisation).
         kernel_backend: ``None`` (default: the masked PyTorch path), ``"triton"`` (block-sparse Triton kernels
             for ``structure="block"`` with ``block_size`` 16 / 32 / 64, CUDA) or ``"semi_structured"`` (2:4
@@ -77,6 +86,11 @@ class SparsityConfig(ConfigMixin):
     )
     exclude_modules: Optional[Union[List[str], str]] = field(
         default=None, metadata={"help": "Regex or list of names/suffixes excluded from the targets."}
+    )
+    sparsity_pattern: Optional[Dict[str, float]] = field(
+        default=None,
+        metadata={"help": "Per-module sparsity {regex: sparsity} (JSON on the command line); regexes match module "
+                          "names in full, the first match wins."},
     )
     seed: int = field(default=0, metadata={"help": "Seed for every random choice."})
     kernel_backend: Optional[str] = field(
@@ -130,7 +144,71 @@ class SparsityConfig(ConfigMixin):
             if value is not None and not isinstance(value, str):
                 if not (isinstance(value, list) and all(isinstance(v, str) and v for v in value) and value):
                     raise TypeError(f"{name}={value!r} must be None, a string, or a non-empty list of names.")
+        self._check_sparsity_pattern()
         self._check_kernel_backend()
+
+    def _check_sparsity_pattern(self) -> None:
+        pattern = self.sparsity_pattern
+        if pattern is None:
+            return
+        if isinstance(pattern, str):  # the command line passes a JSON object
+            try:
+                pattern = json.loads(pattern)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"sparsity_pattern={self.sparsity_pattern!r} is not a JSON object: {err}.") from err
+        if isinstance(pattern, (list, tuple)) and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in pattern):
+            pattern = dict(pattern)  # the ordered [[regex, sparsity], ...] form `to_dict` writes
+        if not isinstance(pattern, dict) or not pattern:
+            raise TypeError(f"sparsity_pattern={pattern!r} must be None or a non-empty dict {{regex: sparsity}}.")
+        checked: Dict[str, float] = {}
+        for regex, value in pattern.items():
+            if not isinstance(regex, str) or not regex:
+                raise TypeError(f"sparsity_pattern key {regex!r} must be a non-empty regex string.")
+            try:
+                re.compile(regex)
+            except re.error as err:
+                raise ValueError(f"sparsity_pattern key {regex!r} is not a valid regex: {err}.") from err
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise ValueError(f"sparsity_pattern[{regex!r}]={value!r} must be a sparsity in [0, 1).")
+            value = float(value)
+            if self.structure in ("nm", "nm_transposable"):
+                n = (1.0 - value) * self.m
+                if abs(n - round(n)) > 1e-6 or not 1 <= round(n) < self.m:
+                    valid = ", ".join(f"{1 - k / self.m:g}" for k in range(1, self.m))
+                    raise ValueError(
+                        f"sparsity_pattern[{regex!r}]={value!r} is not an N:{self.m} sparsity; with "
+                        f"structure={self.structure!r} and m={self.m} choose one of {valid}."
+                    )
+                if self.kernel_backend == "semi_structured" and round(n) != self.n:
+                    raise ValueError(
+                        f"sparsity_pattern[{regex!r}]={value!r} gives {round(n)}:{self.m}, but "
+                        f"kernel_backend='semi_structured' runs 2:4 only; use kernel_backend=None."
+                    )
+            checked[regex] = value
+        self.sparsity_pattern = checked
+
+    def to_dict(self) -> Dict[str, Any]:
+        """As `ConfigMixin.to_dict`, with ``sparsity_pattern`` as ordered ``[[regex, sparsity], ...]`` pairs: JSON
+        files are written with sorted keys, and the first matching entry wins, so the order must survive."""
+        out = super().to_dict()
+        if self.sparsity_pattern is not None:
+            out["sparsity_pattern"] = [[regex, value] for regex, value in self.sparsity_pattern.items()]
+        return out
+
+    def pattern_sparsity(self, name: str) -> Optional[float]:
+        r"""The sparsity `sparsity_pattern` pins for module ``name``, or ``None`` when no entry matches.
+
+        Entries are tried in order; the first whose regex matches the whole name wins.
+
+        Example:
+            >>> cfg = SparsityConfig(sparsity=0.9, sparsity_pattern={r".*\.query": 0.5})
+            >>> cfg.pattern_sparsity("bert.encoder.layer.0.attention.self.query")
+            0.5
+        """
+        for regex, value in (self.sparsity_pattern or {}).items():
+            if re.fullmatch(regex, name):
+                return value
+        return None
 
     def _check_kernel_backend(self) -> None:
         if self.kernel_backend is None:

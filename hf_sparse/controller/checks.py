@@ -70,29 +70,58 @@ def mask_audit(name: str, module: SparseMixin, require_zero: bool) -> None:
         raise RuntimeError(f"Inactive weights of {name!r} are not zero: always-sparse training was broken.")
 
 
-def _signature(mask: torch.Tensor) -> torch.Tensor:
-    idx = mask.reshape(-1).nonzero().squeeze(1).to(torch.int64)
-    return torch.stack([idx.numel() * torch.ones((), dtype=torch.int64, device=mask.device),
-                        idx.sum(), ((idx * 40503) % 65521).sum()])
+def mask_hash(mask: torch.Tensor) -> torch.Tensor:
+    """A 3-lane int64 fingerprint of a boolean mask: its active count and two hashes of the active positions.
+
+    Computed where the mask lives (no copy to the host); each hash sums a different multiplicative hash of every
+    active flat index, so a single moved weight changes it. Sums may wrap around in int64, identically everywhere.
+
+    Args:
+        mask: A boolean mask of any shape.
+
+    Returns:
+        An int64 tensor of shape ``[3]`` on the mask's device.
+
+    Example:
+        >>> m = torch.tensor([True, False, False])
+        >>> bool((mask_hash(m) == mask_hash(m.clone())).all()), bool((mask_hash(m) == mask_hash(m.flip(0))).all())
+        (True, False)
+    """
+    idx = mask.reshape(-1).nonzero().squeeze(1).to(torch.int64) + 1
+    h1 = ((idx * 2654435761) % 4294967291).sum()
+    h2 = (((idx * idx) % 2147483647) * 48271 % 2147483647).sum()
+    return torch.stack([torch.full((), idx.numel(), dtype=torch.int64, device=mask.device), h1, h2])
 
 
-def check_distributed_masks(modules: Dict[str, SparseMixin]) -> None:
+def check_distributed_masks(modules: Dict[str, SparseMixin], when: str = "after a mask update") -> None:
     """Where a process group exists, raises when any layer's mask differs between processes.
 
-    Compares a small per-layer signature (count and two index checksums) with two all-reduces (max and min).
+    Cheap on purpose: one `mask_hash` per layer, computed on the mask's device, and a single ``all_gather`` of the
+    ``[layers, 3]`` table; nothing else crosses the network. Call it at train start (initial masks, every
+    algorithm including ``static``) and after every mask update.
+
+    Args:
+        modules: The sparse layers, by name (the same names and order on every process).
+        when: Where in training the check runs, for the error message.
+
+    Raises:
+        RuntimeError: Naming the first differing layers and the ranks that disagree with rank 0.
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2 or not modules:
         return
-    sig = torch.stack([_signature(m.weight_mask) for m in modules.values()])
-    high, low = sig.clone(), sig.clone()
-    dist.all_reduce(high, op=dist.ReduceOp.MAX)
-    dist.all_reduce(low, op=dist.ReduceOp.MIN)
-    differ = (high != low).any(dim=1).tolist()
-    bad = [name for name, d in zip(modules, differ) if d]
-    if bad:
+    local = torch.stack([mask_hash(m.weight_mask) for m in modules.values()])
+    gathered = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, local)
+    table = torch.stack(gathered)  # [world, layers, 3]
+    differ = (table != table[0]).any(dim=2)  # [world, layers]
+    if bool(differ.any()):
+        names = list(modules)
+        bad = [names[i] for i in differ.any(dim=0).nonzero().squeeze(1).tolist()]
+        ranks = differ.any(dim=1).nonzero().squeeze(1).tolist()
         raise RuntimeError(
-            f"Masks differ between processes for {bad[:3]}: every process must draw identical updates "
-            "(same seed, same step, same weights)."
+            f"Masks differ between processes {when} for {bad[:3]} ({len(bad)} layers; ranks {ranks} disagree with "
+            "rank 0): every process must start from the same masks (same seed and weights, or the same "
+            "checkpoint) and draw identical updates."
         )
 
 

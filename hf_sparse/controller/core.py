@@ -39,6 +39,8 @@ from ..structure import MaskStructure, granules_to_elements
 logger = logging.getLogger(__name__)
 
 STATE_FORMAT = 1
+#: Key prefix of the algorithm's tensor state (`SparsityAlgorithm.tensor_state_dict`) in the state file.
+ALGORITHM_TENSOR_PREFIX = "algorithm."
 
 
 class SparsityController:
@@ -145,9 +147,11 @@ class SparsityController:
         self.step_count = step
         self._enforce_inactive(step)
         self.algorithm.after_optimizer_step_(self.modules, step, self._zero_state)
+        grads = self._grads.take_captured()
+        self.algorithm.observe_step_(self.modules, step, grads)
         updated = self.algorithm.is_update_step(step)
         if updated:
-            self._update(step)
+            self._update(step, grads)
         self._configure_gradients(step)
         return {**self.last_metrics, "sparsity/updated": float(updated)}
 
@@ -160,8 +164,7 @@ class SparsityController:
         self._grads.close()
 
     # --- updates -------------------------------------------------------------------------------------------------
-    def _update(self, step: int) -> None:
-        grads = self._grads.take_captured()
+    def _update(self, step: int, grads: Dict[str, torch.Tensor]) -> None:
         zero_mode = self.dynamic_config.inactive == "zero"
         stats: Dict[str, Dict[str, int]] = {}
         for name, module in self.modules.items():
@@ -247,8 +250,11 @@ class SparsityController:
     # --- gradients -------------------------------------------------------------------------------------------------
     def _configure_gradients(self, step: int) -> None:
         """Sets straight-through flags and gradient hooks for the optimizer step *after* ``step``."""
-        capture = self.algorithm.needs_dense_grad and self.algorithm.is_update_step(step + 1)
-        self._grads.configure(self.algorithm.straight_through(step), self.algorithm.ste_scale(step), capture)
+        capture = self.algorithm.captures_dense_grad(step + 1)
+        self._grads.configure(
+            self.algorithm.straight_through(step), self.algorithm.ste_scale(step), capture,
+            times_weight=self.algorithm.capture_grad_times_weight,
+        )
 
     # --- metrics -------------------------------------------------------------------------------------------------
     def _metrics(self, stats: Dict[str, Dict[str, int]], step: Optional[int] = None) -> Dict[str, float]:
@@ -283,6 +289,8 @@ class SparsityController:
             tensors[f"mask.{name}"] = module.weight_mask.detach().cpu().clone()
             tensors[f"ever_active.{name}"] = self.ever_active[name].cpu().clone()
             tensors[f"last_added.{name}"] = self.last_added[name].cpu().clone()
+        for key, value in self.algorithm.tensor_state_dict().items():  # e.g. movement scores, bit-exact
+            tensors[f"{ALGORITHM_TENSOR_PREFIX}{key}"] = value.detach().cpu().clone()
         meta = {
             "format": STATE_FORMAT,
             "step": self.step_count,
@@ -314,7 +322,10 @@ class SparsityController:
                     raise ValueError(
                         f"Controller state has no {kind} of shape {tuple(module.weight_mask.shape)} for layer {name!r}."
                     )
-        extra = {k.split(".", 1)[1] for k in tensors} - set(self.modules)
+        algorithm_tensors = {
+            k[len(ALGORITHM_TENSOR_PREFIX):]: v for k, v in tensors.items() if k.startswith(ALGORITHM_TENSOR_PREFIX)
+        }
+        extra = {k.split(".", 1)[1] for k in tensors if not k.startswith(ALGORITHM_TENSOR_PREFIX)} - set(self.modules)
         if extra:
             raise ValueError(f"Controller state holds layers this model lacks: {sorted(extra)[:3]}.")
         if int(meta.get("total_steps", self.total_steps)) != self.total_steps:
@@ -324,6 +335,7 @@ class SparsityController:
         self.extra_state = dict(meta.get("extra_state") or {})
         self.num_updates = int(meta["num_updates"])
         self.algorithm.load_state_dict(meta.get("algorithm_state", {}))
+        self.algorithm.load_tensor_state_dict(algorithm_tensors)
         live = self.algorithm.inactive_values_live(self.step_count)
         for name, module in self.modules.items():
             module.target_density = float(meta["target_densities"][name])

@@ -29,7 +29,7 @@ class GradientHooks:
         self._captured: Dict[str, torch.Tensor] = {}
         self.capturing = False
 
-    def configure(self, straight_through: bool, scale: float, capture: bool) -> None:
+    def configure(self, straight_through: bool, scale: float, capture: bool, times_weight: bool = False) -> None:
         """Sets up the next optimizer step.
 
         Args:
@@ -37,6 +37,8 @@ class GradientHooks:
             scale: Scale of the gradient reaching inactive weights while ``straight_through``.
             capture: Record the dense gradient of every layer (the next step precedes an update that needs it);
                 without ``straight_through`` the optimizer still sees an always-sparse gradient.
+            times_weight: Record ``grad * weight`` (the weight at backward time) instead: the movement-pruning
+                score increment (Sanh et al. 2020, arXiv:2005.07683).
         """
         self.remove()
         self.capturing = capture
@@ -46,12 +48,16 @@ class GradientHooks:
             if capture:
                 self._captured[name] = torch.zeros_like(module.weight, dtype=torch.float32)
             if capture or (straight_through and scale != 1.0):
-                self._hooks.append(module.weight.register_hook(self._make_hook(name, module, straight_through, scale)))
+                self._hooks.append(
+                    module.weight.register_hook(self._make_hook(name, module, straight_through, scale, times_weight))
+                )
 
-    def _make_hook(self, name: str, module: SparseMixin, straight_through: bool, scale: float):
+    def _make_hook(self, name: str, module: SparseMixin, straight_through: bool, scale: float, times_weight: bool):
         def hook(grad: torch.Tensor) -> torch.Tensor:
             if self.capturing and name in self._captured:
-                self._captured[name].add_(grad.detach().float())
+                g = grad.detach().float()
+                # The hook fires during backward, before the optimizer moves the weight: this is W_t of the step.
+                self._captured[name].add_(g * module.weight.detach().float() if times_weight else g)
             if not straight_through:  # capture only: the optimizer still sees an always-sparse gradient
                 return torch.where(module.weight_mask, grad, torch.zeros_like(grad))
             if scale != 1.0:

@@ -12,8 +12,9 @@ from ..algorithms import ALGORITHM_REGISTRY
 from ..config import DynamicSparsityConfig, SparsityConfig
 from .optim_state import unwrap_optimizer
 from ..layers import SparseMixin
-from ..structure import erk_densities, uniform_densities
-from ..patching import _new_weight, set_sparsity_config, sparse_modules, sparsify_
+from ..patching import (
+    _new_weight, check_sparsity_pattern, layer_densities, set_sparsity_config, sparse_modules, sparsify_,
+)
 from ..targets import find_target_modules
 
 def sparsify_for_training_(
@@ -31,6 +32,11 @@ def sparsify_for_training_(
     """
     # The algorithm says where it starts (GMP: denser than its target, pruning down along its schedule).
     start_cfg = ALGORITHM_REGISTRY.get(dynamic_config.algorithm).initial_sparsity_config(sparsity_config, dynamic_config)
+    # The target config's pattern is checked (and its ERK budget solved) here too, before anything changes: the
+    # start config may differ from it (GMP starts without the pattern).
+    targets = find_target_modules(model, sparsity_config)
+    check_sparsity_pattern(list(targets), sparsity_config)
+    layer_densities({n: tuple(m.weight.shape) for n, m in targets.items()}, sparsity_config)
     inner = unwrap_optimizer(optimizer)
     if inner is not None:
         held = {id(p) for group in inner.param_groups for p in group["params"]}
@@ -60,14 +66,13 @@ def sparsify_for_training_(
 
 
 def final_layer_densities(modules: Dict[str, SparseMixin], sparsity_config) -> Dict[str, float]:
-    """Target density of every layer at the end of training, per the config's distribution."""
+    """Target density of every layer at the end of training: the config's distribution and ``sparsity_pattern``
+    (`hf_sparse.patching.layer_densities`); N:M layers keep the ``n / m`` of their own structure."""
     if sparsity_config is None:
         return {n: float(m.target_density) for n, m in modules.items()}
-    first = next(iter(modules.values()))
-    fixed = first.structure.fixed_density
-    if fixed is not None:
-        return {n: fixed for n in modules}
     shapes = {n: tuple(m.weight.shape) for n, m in modules.items()}
-    if sparsity_config.distribution == "erk":
-        return erk_densities(shapes, sparsity_config.density)
-    return uniform_densities(shapes, sparsity_config.density)
+    densities = layer_densities(shapes, sparsity_config)
+    for n, m in modules.items():
+        if m.structure.fixed_density is not None:
+            densities[n] = m.structure.fixed_density
+    return densities

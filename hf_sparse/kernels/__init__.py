@@ -8,8 +8,9 @@
 Triton is imported only when its backend is used, so this package imports on machines without it.
 """
 
-from .benchmark import InferenceBenchmark, benchmark_inference
-from .cpu import METHODS, MethodChoice, SparseInferenceLinear, numba_available, to_cpu_inference_
+from .benchmark import GenerationBenchmark, InferenceBenchmark, benchmark_generation, benchmark_inference
+from .cpu import MethodChoice, to_cpu_inference_
+from .inference_linear import METHODS, SparseInferenceLinear, numba_available
 from .dispatch import BACKENDS, active_backends, disable_, enable_, enable_from_config_
 
 
@@ -31,6 +32,6 @@ def refresh_layout_(model) -> int:
 
 
 __all__ = [
-    "BACKENDS", "METHODS", "InferenceBenchmark", "MethodChoice", "SparseInferenceLinear", "active_backends",
-    "benchmark_inference", "disable_", "enable_", "enable_from_config_", "numba_available", "refresh_layout_", "to_cpu_inference_",
+    "BACKENDS", "METHODS", "GenerationBenchmark", "InferenceBenchmark", "MethodChoice", "SparseInferenceLinear", "active_backends",
+    "benchmark_generation", "benchmark_inference", "disable_", "enable_", "enable_from_config_", "numba_available", "refresh_layout_", "to_cpu_inference_",
 ]

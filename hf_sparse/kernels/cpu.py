@@ -6,11 +6,14 @@ its masked weight in one of:
 - ``"dense"``: a plain GEMM (wins at low sparsity or tiny layers);
 - ``"torch_csr"`` / ``"torch_bsr"``: PyTorch's sparse CSR / BSR tensor, multiplied as ``torch.mm(W_sparse, X.T)``
   (the ``F.linear(X, W_sparse)`` form is several times *slower* than dense, so it is never used);
-- ``"numba_csr"`` / ``"numba_bsr"``: our own Numba kernels (`hf_sparse.kernels._numba_spmm`), available with the
-  ``cpu-kernels`` extra.
+- ``"numba_csr"`` / ``"numba_bsr"``: our own Numba panel kernels (`hf_sparse.kernels._numba_spmm`), available
+  with the ``cpu-kernels`` extra;
+- ``"numba_csr_rows"``: our Numba CSR kernel for a few token rows (16-bit column indices), for the decode steps of
+  generation, where reading the weight from memory is the whole cost.
 
 The choice is made by timing every applicable candidate on a calibration activation for each distinct layer
-kind (shape, structure, density) and keeping the fastest one whose output matches the dense masked product.
+kind (shape, structure, density) and keeping the fastest one whose output matches the dense masked product; a
+second race at the decode token count (cold caches) picks the representation for few-row inputs.
 The converted model is inference-only (no autograd through the sparse kernels) and its state dict no longer holds
 the converted weights: save or push the sparse model before converting it.
 """
@@ -20,7 +23,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
@@ -29,11 +32,11 @@ from torch import nn
 
 from ..layers import SparseConv1D, SparseMixin
 from ..patching import sparse_modules
-from .panels import PackCache, pack, packed_view, sequence_panel, unpack
+from .inference_linear import METHODS, NUMBA_METHODS, SparseInferenceLinear, load_numba, numba_available
+from .panels import PackCache
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("dense", "torch_csr", "torch_bsr", "numba_csr", "numba_bsr")
 #: A sparse representation replaces the dense product only when it measured at least this much faster: at 50%
 #: sparsity a format that won a close race on the calibration input made BERT-Base 5% slower than dense (measured).
 MIN_SPEEDUP = 1.05
@@ -44,25 +47,15 @@ FEED_FORWARD_PAIRS: Dict[str, Tuple[str, str]] = {
     "roberta": ("intermediate.dense", "output.dense"),
     "gpt2": ("mlp.c_fc", "mlp.c_proj"),
 }
-_NUMBA_METHODS = ("numba_csr", "numba_bsr")
-
-
-@functools.lru_cache(maxsize=None)
-def _load_numba():
-    """``(numba, kernels module, None)`` or ``(None, None, reason)``; imported on first use because compiling and
-    loading Numba takes a noticeable fraction of a second that plain ``import hf_sparse`` should not pay."""
-    try:  # optional dependency: `pip install hf_sparse[cpu-kernels]`
-        import numba
-
-        from . import _numba_spmm
-    except Exception as err:  # ImportError, or a numba/llvmlite build that does not match this numpy
-        return None, None, f"{type(err).__name__}: {err}"
-    return numba, _numba_spmm, None
-
-
-def numba_available() -> bool:
-    """Whether the Numba CPU kernels can be used (``pip install hf_sparse[cpu-kernels]``)."""
-    return _load_numba()[1] is not None
+#: Row counts at which the few-rows (decode) representation is raced against the main one to find where it stops
+#: winning; `SparseInferenceLinear.few_rows` is the last count it won, in a row.
+FEW_ROWS_STEPS = (2, 4, 8, 16)
+#: Bytes swept between the timed calls of the decode race when the model's sparse layers hold more than this as
+#: dense fp32 (about twice a large last-level cache). Then every decode step streams all the weights, so a weight
+#: is never in cache when its layer runs again; timing a layer with its weight still cached would favour dense
+#: GEMV, whose speed in the real model is set by memory bandwidth. Smaller models stay cached and are timed so.
+EVICT_BYTES = 64 * 2 ** 20
+_EVICT: List[torch.Tensor] = []
 
 
 def linear_weight(layer: SparseMixin) -> torch.Tensor:
@@ -71,135 +64,32 @@ def linear_weight(layer: SparseMixin) -> torch.Tensor:
     return (weight.t() if isinstance(layer, SparseConv1D) else weight).contiguous()
 
 
-class SparseInferenceLinear(nn.Module):
-    """Inference-only ``y = x W^T + b`` with ``W`` stored in the representation named by ``method``.
-
-    Args:
-        weight: Masked weight ``[out, in]`` (``float32``, CPU); inactive entries must be zero.
-        bias: Optional bias ``[out]``.
-        method: One of `METHODS`.
-        block_size: Block side for the BSR methods.
-
-    Example:
-        >>> layer = SparseInferenceLinear(torch.eye(4), None, "torch_csr")
-        >>> layer(torch.ones(2, 4)).shape
-        torch.Size([2, 4])
-    """
-
-    def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], method: str, block_size: int = 1):
-        super().__init__()
-        if method not in METHODS:
-            raise ValueError(f"Unknown CPU inference method {method!r}; choose one of {', '.join(METHODS)}.")
-        if method in _NUMBA_METHODS and not numba_available():
-            raise RuntimeError(
-                f"method={method!r} needs numba (pip install 'hf_sparse[cpu-kernels]'): {_load_numba()[2]}"
-            )
-        if method.endswith("_bsr") and (block_size < 1 or weight.shape[0] % block_size or weight.shape[1] % block_size):
-            raise ValueError(f"block_size={block_size} does not tile the weight {tuple(weight.shape)}.")
-        if method == "numba_bsr" and block_size % 4:
-            raise ValueError(f"numba_bsr needs a block size that is a multiple of 4, got {block_size}.")
-        weight = weight.detach().contiguous()
-        self.out_features, self.in_features = weight.shape
-        self.method = method
-        self.block_size = int(block_size)
-        if bias is not None and bias.shape != (weight.shape[0],):
-            raise ValueError(f"bias of shape {tuple(bias.shape)} does not match {weight.shape[0]} output features.")
-        self.bias = None if bias is None else nn.Parameter(bias.detach().to(weight.dtype).clone(), requires_grad=False)
-        self.nnz = int(torch.count_nonzero(weight))
-        self._weight: Optional[torch.Tensor] = None
-        self._arrays: Tuple = ()
-        if method == "dense":
-            self._weight = weight.clone()
-        elif method == "torch_csr":
-            self._weight = weight.to_sparse_csr()
-        elif method == "torch_bsr":
-            self._weight = weight.to_sparse_bsr((block_size, block_size))
-        elif method == "numba_csr":
-            spmm = _load_numba()[1]
-            self._arrays = spmm.chunked_csr(weight, spmm.CSR_COLUMN_CHUNK)
-        else:
-            bsr = weight.to_sparse_bsr((block_size, block_size))
-            self._arrays = (bsr.crow_indices().to(torch.int32).numpy(), bsr.col_indices().to(torch.int32).numpy(),
-                            bsr.values().contiguous().numpy())
-        self.dtype = weight.dtype
-        # The Numba kernels start each output row at its bias (zeros when there is none).
-        self._bias_array = (torch.zeros(self.out_features, dtype=weight.dtype) if self.bias is None
-                            else self.bias.detach()).numpy()
-        #: Return ``[batch, seq, out]`` as a view of the kernel's panel layout (see `hf_sparse.kernels.panels`);
-        #: only for layers whose output feeds element-wise ops and then another Numba layer.
-        self.packed_output = False
-        #: Shared with the model's other converted layers so one activation is packed once (query/key/value).
-        self.pack_cache: Optional[PackCache] = None
-
-    def _torch_matmul(self, x: torch.Tensor) -> torch.Tensor:
-        """``x W^T + b`` for a 2-D ``x`` through PyTorch (dense, CSR or BSR)."""
-        if self.method == "dense":
-            return F.linear(x, self._weight, self.bias)
-        # Sparse on the left: MKL's sparse x dense path. F.linear(x, W_sparse) would be 3-5x slower than dense.
-        y = torch.mm(self._weight, x.t()).t()
-        return y if self.bias is None else y + self.bias
-
-    def _numba_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x W^T + b`` through the Numba kernels, in the token-panel layout (see `hf_sparse.kernels.panels`)."""
-        numba, spmm, _ = _load_numba()
-        seq = sequence_panel(x)
-        xp = packed_view(x)  # the input may already be in panel layout: then nothing is copied
-        if xp is None:
-            tokens = x.numel() // self.in_features
-            widest = spmm.BSR_PANEL if self.method == "numba_bsr" else spmm.CSR_PANEL
-            # A packed output needs one whole sequence per panel.
-            panel = seq if self.packed_output and seq is not None else spmm.panel_width(tokens, widest)
-            if self.pack_cache is not None:
-                xp = self.pack_cache.get(x, panel, spmm.transpose_panels)
-            else:
-                xp = pack(x.reshape(-1, x.shape[-1]), panel, spmm.transpose_panels)
-        panels, _, panel = xp.shape
-        yp = torch.empty(panels, self.out_features, panel, dtype=x.dtype)
-        # Follow torch's thread setting (OMP_NUM_THREADS / torch.set_num_threads) so both libraries agree.
-        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-        kernel = spmm.csr_panel_matmul if self.method == "numba_csr" else spmm.bsr_panel_matmul
-        kernel(*self._arrays, self._bias_array, xp.numpy(), yp.numpy())
-        if self.packed_output and seq is not None and panel == seq:
-            return yp.transpose(1, 2)  # [batch, seq, out] view, already holding the bias
-        y = unpack(yp, x.numel() // self.in_features, spmm.transpose_panels)
-        return y.reshape(*x.shape[:-1], self.out_features)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype != self.dtype or x.device.type != "cpu":
-            raise ValueError(
-                f"SparseInferenceLinear({self.method}) takes {self.dtype} CPU input, got {x.dtype} on {x.device}."
-            )
-        if x.requires_grad and torch.is_grad_enabled():
-            raise RuntimeError("SparseInferenceLinear is inference-only; run it under torch.no_grad().")
-        if x.shape[-1] != self.in_features:
-            raise ValueError(f"Expected input with last dimension {self.in_features}, got shape {tuple(x.shape)}.")
-        if not x.numel():
-            return x.new_zeros(*x.shape[:-1], self.out_features)
-        if self.method in _NUMBA_METHODS:
-            return self._numba_forward(x)
-        y = self._torch_matmul(x.reshape(-1, self.in_features))
-        return y.reshape(*x.shape[:-1], self.out_features)
-
-    def extra_repr(self) -> str:
-        density = self.nnz / (self.out_features * self.in_features)
-        block = f", block_size={self.block_size}" if self.method.endswith("bsr") else ""
-        return (f"in_features={self.in_features}, out_features={self.out_features}, method={self.method}{block}, "
-                f"density={density:.4f}")
+def evict_caches() -> None:
+    """Streams `EVICT_BYTES` through the caches so the next timed call reads its weight from memory."""
+    if not _EVICT:
+        _EVICT.append(torch.zeros(EVICT_BYTES // 4))
+    _EVICT[0].add_(1.0)
 
 
 @dataclass
 class MethodChoice:
-    """The measurement behind one layer kind's representation.
+    """The measurement behind one layer kind's representation(s).
 
     Attributes:
-        method: The fastest correct candidate.
+        method: The fastest correct candidate at ``calibration_tokens`` rows (prefill, encoders).
         timings: Seconds per product for every candidate measured (``inf`` when it failed the check).
         layers: Names of the layers sharing this choice.
+        decode_method: The fastest at ``decode_tokens`` rows, timed with cold caches (``None``: not raced).
+        decode_timings: Seconds per product in that race.
+        few_rows: Inputs of at most this many rows use ``decode_method`` (0: always ``method``).
     """
 
     method: str
     timings: Dict[str, float]
     layers: List[str]
+    decode_method: Optional[str] = None
+    decode_timings: Dict[str, float] = field(default_factory=dict)
+    few_rows: int = 0
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -221,30 +111,43 @@ def _candidates(layer: SparseMixin, weight: torch.Tensor, methods: Sequence[str]
     return out
 
 
-def time_round_robin(calls: Dict[str, Callable[[], object]], repeats: int) -> Dict[str, float]:
+def time_round_robin(calls: Dict[str, Callable[[], object]], repeats: int,
+                     before: Optional[Callable[[], None]] = None) -> Dict[str, float]:
     """Best-of-``repeats`` seconds per call, calling the candidates in turn so that load from other processes
-    hits them alike; the minimum is the least noisy estimate on a shared machine (noise only ever adds time)."""
+    hits them alike; the minimum is the least noisy estimate on a shared machine (noise only ever adds time).
+    ``before`` (e.g. `evict_caches`) runs ahead of every timed call, outside the timing."""
     for fn in calls.values():
         fn()  # warm-up (Numba compiles or loads its cache here)
     best = {name: float("inf") for name in calls}
     for _ in range(repeats):
         for name, fn in calls.items():
+            if before is not None:
+                before()
             start = time.perf_counter()
             fn()
             best[name] = min(best[name], time.perf_counter() - start)
     return best
 
 
+def _pick(timings: Dict[str, float], correct: Sequence[str]) -> str:
+    # The fallback when no candidate is both requested and correct is the plain dense product.
+    best = min(correct, key=timings.__getitem__) if correct else "dense"
+    if "dense" in correct and timings[best] * MIN_SPEEDUP > timings["dense"]:
+        best = "dense"  # a win inside the timing noise is not worth an inference-only sparse format
+    return best
+
+
 @torch.no_grad()
-def _choose(layer: SparseMixin, weight: torch.Tensor, methods: Sequence[str], tokens: int, repeats: int,
-            generator: torch.Generator) -> Tuple[str, Dict[str, float]]:
+def _race(modules: Dict[str, SparseInferenceLinear], weight: torch.Tensor, tokens: int, repeats: int,
+          generator: torch.Generator, cold: bool) -> Dict[str, float]:
+    """Checks every module against the dense product on a random ``[tokens, in]`` input, then times the correct
+    ones (``inf`` for the others)."""
     x = torch.randn(tokens, weight.shape[1], generator=generator, dtype=weight.dtype)
     reference = F.linear(x, weight)
     tol = 1e-4 * float(reference.abs().max()) + 1e-5
     timings: Dict[str, float] = {}
     calls = {}
-    for method, block in _candidates(layer, weight, methods):
-        module = SparseInferenceLinear(weight, None, method, block)
+    for method, module in modules.items():
         err = float((module(x) - reference).abs().max())
         if not err <= tol:  # never pick a representation that changes the result
             logger.warning("CPU inference method %s disagrees with the dense product (max error %.3g); skipped.",
@@ -252,20 +155,47 @@ def _choose(layer: SparseMixin, weight: torch.Tensor, methods: Sequence[str], to
             timings[method] = float("inf")
             continue
         calls[method] = functools.partial(module, x)
-    timings.update(time_round_robin(calls, repeats))
-    # The fallback when no candidate is both requested and correct is the plain dense product.
-    best = min(calls, key=timings.__getitem__) if calls else "dense"
-    if "dense" in calls and timings[best] * MIN_SPEEDUP > timings["dense"]:
-        best = "dense"  # a win inside the timing noise is not worth an inference-only sparse format
-    return best, timings
+    timings.update(time_round_robin(calls, repeats, evict_caches if cold else None))
+    return timings
+
+
+def _choose(layer: SparseMixin, weight: torch.Tensor, methods: Sequence[str], tokens: int,
+            decode_tokens: Optional[int], repeats: int, generator: torch.Generator, cold: bool) -> MethodChoice:
+    modules = {m: SparseInferenceLinear(weight, None, m, block) for m, block in _candidates(layer, weight, methods)}
+    many = {m: mod for m, mod in modules.items() if m != "numba_csr_rows"}  # rows kernel: few rows only
+    timings = _race(many or modules, weight, tokens, repeats, generator, cold=False)
+    choice = MethodChoice(_pick(timings, [m for m in timings if timings[m] < float("inf")]), timings, [])
+    if decode_tokens is None:
+        return choice
+    decode = _race(modules, weight, decode_tokens, repeats, generator, cold)
+    choice.decode_method, choice.decode_timings = _pick(decode, [m for m in decode if decode[m] < float("inf")]), decode
+    if choice.decode_method == choice.method or choice.method not in modules:
+        return choice
+    # Up to which row count does the decode representation keep winning? (It won at decode_tokens.)
+    choice.few_rows = decode_tokens
+    pair = {m: modules[m] for m in (choice.decode_method, choice.method)}
+    for rows in (r for r in FEW_ROWS_STEPS if r > decode_tokens):
+        times = _race(pair, weight, rows, repeats, generator, cold)
+        if times[choice.decode_method] >= times[choice.method]:
+            break
+        choice.few_rows = rows
+    return choice
 
 
 def _share_panels(model: nn.Module, converted: Dict[str, SparseInferenceLinear], packed_ffn: bool) -> None:
-    """Gives the Numba layers one shared `PackCache` and switches on packed outputs along feed-forward pairs."""
-    numba_layers = {n: m for n, m in converted.items() if m.method in _NUMBA_METHODS}
-    cache = PackCache()
-    for module in numba_layers.values():
-        module.pack_cache = cache
+    """Gives sibling Numba panel layers (query / key / value) a `PackCache` scoped to their parent's forward, and
+    switches on packed outputs along feed-forward pairs."""
+    numba_layers = {n: m for n, m in converted.items() if m.method in ("numba_csr", "numba_bsr")}
+    siblings: Dict[str, List[SparseInferenceLinear]] = {}
+    for name, module in numba_layers.items():
+        siblings.setdefault(name.rpartition(".")[0], []).append(module)
+    for parent, group in siblings.items():
+        if len(group) < 2:
+            continue
+        cache = PackCache()
+        for module in group:
+            module.pack_cache = cache
+        cache.attach_(model.get_submodule(parent) if parent else model)
     pair = FEED_FORWARD_PAIRS.get(getattr(getattr(model, "config", None), "model_type", None))
     if not packed_ffn or pair is None:
         return
@@ -283,12 +213,17 @@ def to_cpu_inference_(
     repeats: int = 5,
     seed: int = 0,
     packed_ffn: bool = True,
+    decode_tokens: Optional[int] = 1,
 ) -> Dict[str, MethodChoice]:
     """Converts every sparse layer of ``model`` to its fastest measured CPU inference representation, in place.
 
     Layers with the same shape, structure and density share one measurement (BERT-Base has three such kinds),
     so converting a 12-layer model takes a few seconds. Each candidate is checked against the dense masked
-    product on the calibration activation before it is timed.
+    product on the calibration activation before it is timed. Two races are run per kind: at
+    ``calibration_tokens`` rows (prefill, encoder batches) and at ``decode_tokens`` rows with cold caches (the
+    decode steps of ``generate``, one token per sequence); a layer uses the decode winner for inputs up to the
+    row count where it stops winning. The converted model works under ``torch.no_grad()``,
+    ``torch.inference_mode()`` and in transformers pipelines.
 
     Args:
         model: A model with hf_sparse sparse layers, on CPU in ``float32``.
@@ -299,7 +234,9 @@ def to_cpu_inference_(
         seed: Seed of the calibration activation.
         packed_ffn: Let the first projection of each feed-forward block hand its output to the second one in the
             kernels' panel layout (through the element-wise activation), skipping an un-pack and a pack; only for
-            model types in `FEED_FORWARD_PAIRS` and when both projections use a Numba kernel.
+            model types in `FEED_FORWARD_PAIRS` and when both projections use a Numba panel kernel.
+        decode_tokens: Rows of the decode race (the batch size you generate with), at most 16; ``None`` skips it
+            (encoder-only use).
 
     Returns:
         ``{layer kind: MethodChoice}``, keyed like ``"3072x768 block 16x16 (l1) density=0.1000"`` (``[out, in]``).
@@ -307,7 +244,7 @@ def to_cpu_inference_(
     Example:
         >>> sparsify_(model, SparsityConfig(sparsity=0.9))
         >>> choices = to_cpu_inference_(model.eval(), calibration_tokens=8 * 128)
-        >>> with torch.no_grad():
+        >>> with torch.inference_mode():
         ...     logits = model(**batch).logits
     """
     requested = list(METHODS if methods is None else methods)
@@ -315,15 +252,17 @@ def to_cpu_inference_(
     if unknown or not requested:
         raise ValueError(f"Unknown CPU inference methods {unknown or requested!r}; choose from {', '.join(METHODS)}.")
     if not numba_available():
-        dropped = [m for m in requested if m in _NUMBA_METHODS]
-        requested = [m for m in requested if m not in _NUMBA_METHODS]
+        dropped = [m for m in requested if m in NUMBA_METHODS]
+        requested = [m for m in requested if m not in NUMBA_METHODS]
         if dropped and methods is not None and not requested:
-            raise RuntimeError(f"{dropped} need numba (pip install 'hf_sparse[cpu-kernels]'): {_load_numba()[2]}")
+            raise RuntimeError(f"{dropped} need numba (pip install 'hf_sparse[cpu-kernels]'): {load_numba()[2]}")
         if dropped:
             logger.info("Numba CPU kernels unavailable (%s); measuring PyTorch representations only.",
-                        _load_numba()[2])
+                        load_numba()[2])
     if calibration_tokens < 1 or repeats < 1:
         raise ValueError(f"calibration_tokens={calibration_tokens} and repeats={repeats} must be >= 1.")
+    if decode_tokens is not None and not 1 <= decode_tokens <= FEW_ROWS_STEPS[-1]:
+        raise ValueError(f"decode_tokens={decode_tokens} must be None or between 1 and {FEW_ROWS_STEPS[-1]}.")
     layers = sparse_modules(model)
     if not layers:
         raise ValueError(f"{type(model).__name__} has no sparse layers to convert.")
@@ -333,20 +272,23 @@ def to_cpu_inference_(
                              "CPU inference needs float32 weights on CPU (model.float().cpu()).")
 
     generator = torch.Generator().manual_seed(seed)
+    cold = sum(layer.weight.numel() for layer in layers.values()) * 4 > EVICT_BYTES
     choices: Dict[str, MethodChoice] = {}
     plan = []
     for name, layer in layers.items():
         weight = linear_weight(layer)
         key = f"{weight.shape[0]}x{weight.shape[1]} {layer.structure.describe()} density={layer.density:.4f}"
         if key not in choices:
-            method, timings = _choose(layer, weight, requested, calibration_tokens, repeats, generator)
-            choices[key] = MethodChoice(method, timings, [])
-            logger.info("CPU inference %s -> %s (%s)", key, method,
-                        ", ".join(f"{m} {t * 1e3:.2f} ms" for m, t in timings.items()))
-        choices[key].layers.append(name)
-        method = choices[key].method
-        block = layer.structure.block_size if method.endswith("_bsr") else 1
-        plan.append((name, SparseInferenceLinear(weight, layer.bias, method, block)))
+            choices[key] = choice = _choose(layer, weight, requested, calibration_tokens, decode_tokens, repeats,
+                                            generator, cold)
+            logger.info("CPU inference %s -> %s (%s); decode -> %s up to %d rows (%s)", key, choice.method,
+                        ", ".join(f"{m} {t * 1e3:.2f} ms" for m, t in choice.timings.items()), choice.decode_method,
+                        choice.few_rows, ", ".join(f"{m} {t * 1e3:.3f} ms" for m, t in choice.decode_timings.items()))
+        choice = choices[key]
+        choice.layers.append(name)
+        block = layer.structure.block_size if "bsr" in f"{choice.method} {choice.decode_method}" else 1
+        few = choice.decode_method if choice.few_rows else None
+        plan.append((name, SparseInferenceLinear(weight, layer.bias, choice.method, block, few, choice.few_rows)))
     _share_panels(model, dict(plan), packed_ffn)
     for name, module in plan:  # everything built: only now touch the model
         _replace(model, name, module)

@@ -103,27 +103,54 @@ def unpack(yp: torch.Tensor, tokens: int, transpose: Optional[Callable] = None) 
 
 
 class PackCache:
-    """Remembers the last packed activation so layers that read the same tensor (query / key / value) pack it once.
+    """Packs the input shared by sibling layers (query / key / value) once per call of their parent module.
 
-    It holds the tensor itself, not its address, so a freed and reused buffer can never be mistaken for it, and
-    compares PyTorch's in-place version counter, so an activation edited in place is packed again.
+    The cache is only *open* while its parent module runs (`attach_` installs forward hooks on it), so it never
+    holds an activation between forward passes and a layer called on its own always packs afresh. While open, a
+    hit needs the very same tensor object (not just its address, which a freed buffer may reuse) and, for tensors
+    that have one, the same in-place version counter, so an input edited in place is packed again. Inference
+    tensors (``torch.inference_mode``) have no version counter: for them the hit rests on the parent's forward
+    passing the same, unmodified tensor to its projections, which is what transformers' attention modules do.
     """
 
     def __init__(self) -> None:
         # One tuple, replaced whole: a model called from two threads can never pair one tensor with another's pack.
         self._entry: tuple = ()
+        self._open = 0
+        self._hooks: list = []
+
+    @staticmethod
+    def _version(x: torch.Tensor) -> int:
+        return -1 if x.is_inference() else x._version
 
     def get(self, x: torch.Tensor, panel: int, transpose: Optional[Callable] = None) -> torch.Tensor:
-        """``x`` (any leading shape, features last) packed for ``panel``; from the cache when ``x`` is the very
-        tensor packed last (the layers' own reshaped views are new objects each call, so the caller's tensor is
-        the key)."""
+        """``x`` (any leading shape, features last) packed for ``panel``; from the cache when it is open and ``x``
+        is the very tensor packed last, unchanged (the layers' own reshaped views are new objects each call, so
+        the caller's tensor is the key)."""
         entry = self._entry
-        if entry and entry[0] is x and entry[1:3] == (x._version, panel):
+        if self._open and entry and entry[0] is x and entry[1:3] == (self._version(x), panel):
             return entry[3]
         packed = pack(x.reshape(-1, x.shape[-1]), panel, transpose)
-        self._entry = (x, x._version, panel, packed)
+        if self._open:
+            self._entry = (x, self._version(x), panel, packed)
         return packed
 
+    def open(self) -> None:
+        """Starts a scope in which packs are kept (nested scopes count)."""
+        self._open += 1
+
+    def close(self) -> None:
+        """Ends a scope; the last one drops the cached tensors."""
+        self._open = max(0, self._open - 1)
+        if not self._open:
+            self._entry = ()
+
+    def attach_(self, parent: torch.nn.Module) -> None:
+        """Opens the cache for each forward of ``parent`` (the module calling the sibling layers) and closes it
+        after, also when the forward raises."""
+        self._hooks.append(parent.register_forward_pre_hook(lambda module, args: self.open()))
+        self._hooks.append(parent.register_forward_hook(lambda module, args, out: self.close(), always_call=True))
+
     def clear(self) -> None:
-        """Drops the cached tensors (they keep one activation alive between forward passes)."""
+        """Drops the cached tensors."""
         self._entry = ()

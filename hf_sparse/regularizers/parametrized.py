@@ -122,8 +122,9 @@ class _Reparametrization(Regularizer):
         return [self._own_parameter(m) for m in self.targets(model).values()]
 
     def _decay_(self, name: str, module: nn.Module, scale: float) -> int:
-        # Table 1 of Singh et al. 2024: ordinary decoupled weight decay on the stored tensors (for STR this also
-        # pulls s towards 0, raising the threshold sigmoid(s): the sparsifying pressure of STR).
+        # Decoupled weight decay on the stored tensors: Table 1 of Singh et al. 2024 gives it for spred; for STR
+        # it is this package's reading of the unspecified pSTR (see `STR`). For STR it also pulls s towards 0,
+        # raising the threshold sigmoid(s) from a negative start: the sparsifying pressure of STR.
         raw_weight(module).mul_(1.0 - scale)
         self._own_parameter(module).mul_(1.0 - scale)
         return 2
@@ -132,6 +133,21 @@ class _Reparametrization(Regularizer):
 @register_regularizer
 class STR(_Reparametrization):
     """Soft-threshold reparametrisation with a learnable threshold per layer, trained with decoupled weight decay.
+
+    What the paper gives: the Cerebras upper-bounds paper (Singh et al. 2024, Table 1) lists STR (Kusupati et al.
+    2020, arXiv:2002.03231) with the parametrisation ``S_g(W, s)``, no pre-regulariser and the update
+    ``pSTR(W_t - eta * dW_t, W_t)``; its App. B defines only the projection
+    ``S_g(w, s) = sign(w) * ReLU(|w| - g(s))`` and never spells out ``pSTR``.
+
+    What this code does: the forward pass uses ``S_g`` with ``g = sigmoid`` and one scalar ``s`` per layer; the
+    optimizer moves the stored ``W`` and ``s`` along their gradients through ``S_g`` (weights below the threshold
+    get none); then `apply_` decays both, decoupled as in AdamW, so one step with a plain gradient step is
+
+        ``W <- (W - eta * dL/dW) * (1 - eta * lambda)``,  ``s <- (s - eta * dL/ds) * (1 - eta * lambda)``.
+
+    This follows how Kusupati et al. 2020 train STR (ordinary weight decay on ``W`` and ``s``; from a negative
+    ``s_init`` the decay of ``s`` raises the threshold ``sigmoid(s)`` over training). It is our reading of
+    ``pSTR``, not a form the paper states; no proximal step is derived.
 
     Example:
         >>> reg = STR(strength=1e-4, s_init=-10.0)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List
+import re
+from typing import Any, Dict, List, Optional
 
 import torch
 from torch import nn
 
-from ..patching import sparse_modules
+from ..patching import get_sparsity_config, sparse_modules
 
 
 @dataclass
@@ -24,6 +25,7 @@ class LayerSparsity:
     active: int
     numel: int
     nonzero: int  # non-zero weights: <= active (an active weight may be exactly zero)
+    pattern: Optional[str] = None  # the `sparsity_pattern` regex that pinned this module's sparsity, if any
 
 
 @dataclass
@@ -60,12 +62,15 @@ class SparsityReport:
     def __str__(self) -> str:
         width = max([len("module")] + [len(layer.name) for layer in self.layers])
         head = f"{'module':<{width}}  {'shape':>12}  {'structure':<18}  {'target':>7}  {'actual':>7}  {'active':>10}"
+        pinned = any(layer.pattern is not None for layer in self.layers)
+        if pinned:  # the column only appears when a sparsity_pattern pinned some module
+            head += "  pattern"
         lines = [head, "-" * len(head)]
         for layer in self.layers:
             shape = "x".join(map(str, layer.shape))
             lines.append(
                 f"{layer.name:<{width}}  {shape:>12}  {layer.structure:<18}  {layer.target_density:7.4f}  "
-                f"{layer.density:7.4f}  {layer.active:>10}"
+                f"{layer.density:7.4f}  {layer.active:>10}" + (f"  {layer.pattern or '-'}" if pinned else "")
             )
         lines.append("-" * len(head))
         lines.append(
@@ -79,6 +84,8 @@ class SparsityReport:
 def sparsity_report(model: nn.Module) -> SparsityReport:
     """Per sparse module: name, shape, layout, structure, target and actual density, active and non-zero counts.
 
+    Modules whose sparsity a ``sparsity_pattern`` entry of the model's config pins carry that regex (``pattern``).
+
     Args:
         model: A sparsified model.
 
@@ -91,9 +98,12 @@ def sparsity_report(model: nn.Module) -> SparsityReport:
     found = sparse_modules(model)
     if not found:
         raise ValueError(f"{type(model).__name__} has no sparse modules; call sparsify_ first.")
+    config = get_sparsity_config(model)
+    patterns = dict(getattr(config, "sparsity_pattern", None) or {})
     layers = []
     for name, m in found.items():
         active = int(m.weight_mask.sum())
+        pattern = next((regex for regex in patterns if re.fullmatch(regex, name)), None)
         layers.append(
             LayerSparsity(
                 name=name,
@@ -105,6 +115,7 @@ def sparsity_report(model: nn.Module) -> SparsityReport:
                 active=active,
                 numel=m.weight_mask.numel(),
                 nonzero=int(torch.count_nonzero(m.weight)),
+                pattern=pattern,
             )
         )
     return SparsityReport(layers)

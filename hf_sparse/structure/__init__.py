@@ -8,8 +8,8 @@ modules.
 - `granules`: `MaskStructure`, granule scores (1x1, BxB blocks with L1/L2/Linf norm, N:M groups), exact counts,
   top-k of granules, granule <-> element masks.
 - `selection`: whole masks by score (`select_mask`), at random (`random_mask`), N:M (`nm_mask`).
-- `transposable`: transposable N:M patterns and the per-tile search.
-- `distributions`: how an overall density is shared between layers (uniform, ERK).
+- `transposable`: transposable N:M masks, exact per tile (pattern enumeration up to m=5, min-cost flow for any m).
+- `distributions`: how an overall density is shared between layers (uniform, ERK, pinned by a pattern).
 - `generators`: seeded ``torch.Generator`` s, identical on every process and after a resume.
 
 Example:
@@ -17,7 +17,7 @@ Example:
     >>> mask = select_mask(weight, s, density=0.1, input_dim=1)
 """
 
-from .distributions import erk_densities, uniform_densities
+from .distributions import erk_densities, pattern_densities, uniform_densities
 from .generators import derive_seed, make_generator
 from .granules import (
     KINDS,
@@ -46,6 +46,6 @@ from .transposable import (
 __all__ = [
     "KINDS", "MAX_TRANSPOSABLE_M", "NORMS", "MaskStructure", "block_scores", "check_fits", "derive_seed",
     "erk_densities", "expand_granules", "granule_scores", "granule_shape", "granules_to_elements", "make_generator",
-    "nm_mask", "num_active", "random_mask", "reduce_to_granules", "select_mask", "topk_granules",
+    "nm_mask", "num_active", "pattern_densities", "random_mask", "reduce_to_granules", "select_mask", "topk_granules",
     "transposable_nm_mask", "transposable_patterns", "uniform_densities",
 ]

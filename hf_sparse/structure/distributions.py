@@ -56,3 +56,60 @@ def erk_densities(
             break
         dense |= too_dense
     return {n: 1.0 if n in dense else max(0.0, eps * raw[n]) for n in shapes}
+
+
+def pattern_densities(
+    shapes: Mapping[str, Sequence[int]],
+    density: float,
+    pinned: Mapping[str, float],
+    distribution: str = "uniform",
+) -> Dict[str, float]:
+    """Per-layer densities when some layers are pinned to their own density (``SparsityConfig.sparsity_pattern``).
+
+    The rule: pinned layers get exactly their pinned density. With ``"uniform"`` every other layer keeps
+    ``density`` (peft's ``rank_pattern`` convention: the pattern overrides, nothing else moves, so the overall
+    density changes). With ``"erk"`` the overall budget ``density * total`` is kept: the pinned layers take their
+    active weights first and ERK shares what is left among the other layers, so pinning a layer denser than
+    ``density`` makes the rest sparser and pinning it sparser makes the rest denser. When the pinned layers alone
+    hold more than the budget, or leave more than the other layers can hold, this raises ``ValueError`` with the
+    numbers.
+
+    Args:
+        shapes: Weight shape per layer name.
+        density: Overall target density in [0, 1].
+        pinned: Density of the pinned layers, by name (a subset of ``shapes``).
+        distribution: ``"uniform"`` or ``"erk"``.
+
+    Returns:
+        Density per layer name, each in [0, 1].
+
+    Example:
+        >>> d = pattern_densities({"a": (10, 10), "b": (10, 10)}, 0.3, {"a": 0.5}, "erk")
+        >>> round(d["b"], 6)
+        0.1
+    """
+    unknown = sorted(set(pinned) - set(shapes))
+    if unknown:
+        raise ValueError(f"Pinned layers {unknown} are not among the layers {sorted(shapes)[:5]}...")
+    rest = {name: shape for name, shape in shapes.items() if name not in pinned}
+    if distribution == "uniform":
+        out = uniform_densities(rest, density)
+    elif distribution == "erk":
+        numel = {name: math.prod(shape) for name, shape in shapes.items()}
+        total = sum(numel.values())
+        pinned_active = sum(float(pinned[n]) * numel[n] for n in pinned)
+        rest_numel = total - sum(numel[n] for n in pinned)
+        budget = density * total - pinned_active
+        rest_density = budget / rest_numel if rest_numel else 0.0
+        if rest_numel and not -1e-9 <= rest_density <= 1.0 + 1e-9:
+            raise ValueError(
+                f"sparsity_pattern with distribution='erk' cannot keep the overall density {density:.6g}: the pinned "
+                f"layers hold {pinned_active:.0f} of {total} weights (budget {density * total:.0f}), so the other "
+                f"{rest_numel} weights would need density {rest_density:.6g}, outside [0, 1]. Change the pinned "
+                "sparsities or the overall sparsity, or use distribution='uniform'."
+            )
+        out = erk_densities(rest, min(1.0, max(0.0, rest_density))) if rest else {}
+    else:
+        raise ValueError(f"Unknown distribution {distribution!r}; choose 'uniform' or 'erk'.")
+    out.update({name: float(pinned[name]) for name in pinned})
+    return {name: out[name] for name in shapes}

@@ -20,8 +20,6 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .transposable import MAX_TRANSPOSABLE_M
-
 
 KINDS = ("unstructured", "block", "nm", "nm_transposable")
 NORMS = ("l1", "l2", "linf")
@@ -58,10 +56,6 @@ class MaskStructure:
             raise ValueError(f"block_size={self.block_size!r} must be >= 1.")
         if self.kind in ("nm", "nm_transposable") and not 0 < self.n < self.m:
             raise ValueError(f"N:M needs 0 < n < m, got n={self.n}, m={self.m}.")
-        if self.kind == "nm_transposable" and self.m > MAX_TRANSPOSABLE_M:
-            raise ValueError(
-                f"Transposable N:M supports m <= {MAX_TRANSPOSABLE_M} (exhaustive pattern search), got m={self.m}."
-            )
 
     @classmethod
     def from_config(cls, config) -> "MaskStructure":

@@ -19,7 +19,7 @@ from .granules import (
     num_active,
     topk_granules,
 )
-from .transposable import _from_tiles, _transposable_patterns_cpu, transposable_nm_mask
+from .transposable import MAX_TRANSPOSABLE_M, _from_tiles, _transposable_patterns_cpu, transposable_nm_mask
 
 
 def _input_last(t: torch.Tensor, input_dim: int) -> torch.Tensor:
@@ -97,6 +97,10 @@ def random_mask(
     """
     check_fits(structure, shape, input_dim)
     device = torch.device(device) if device is not None else generator.device
+    if structure.kind == "nm_transposable" and structure.m > MAX_TRANSPOSABLE_M:
+        # Too many patterns to draw one uniformly: the exact solver on random scores gives a random valid pattern.
+        noise = torch.rand(tuple(shape), generator=generator, device=device)
+        return transposable_nm_mask(noise, structure.n, structure.m)
     if structure.kind == "nm_transposable":
         patterns = _transposable_patterns_cpu(structure.n, structure.m).to(device)
         n_tiles = (shape[0] // structure.m) * (shape[1] // structure.m)

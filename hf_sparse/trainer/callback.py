@@ -25,7 +25,9 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..config import DynamicSparsityConfig, SparsityConfig
-from ..controller import STATE_META_NAME, SparsityController, sparsify_for_training_, unwrap_model
+from ..controller import (
+    STATE_META_NAME, SparsityController, check_distributed_masks, sparsify_for_training_, unwrap_model,
+)
 from ..lr_rule import sparse_lr
 from ..patching import get_sparsity_config, sparse_modules
 from ..flops import StepFlopsAccumulator
@@ -130,6 +132,9 @@ class SparsityCallback(TrainerCallback):
                 )
             self.controller.load_state(directory)
             logger.info("Restored sparsity controller state from %s (step %d).", directory, state.global_step)
+        # Under DDP every process must start from the same masks (initial or restored), whatever the algorithm:
+        # one hash per layer, one all-gather. Later updates are checked by the controller the same way.
+        check_distributed_masks(self.controller.modules, "at train start")
         enable_kernels(unwrap_model(model), self.sparsity_config)
         self._start_flops(model)
         self.last_metrics = {**self.controller.last_metrics, **self.flops.metrics()}

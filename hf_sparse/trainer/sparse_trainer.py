@@ -29,6 +29,7 @@ from ..controller import SparsityController, unwrap_model
 from ..patching import sparse_modules
 from ..regularizers import Regularizer, RegularizerCallback, add_penalty
 from .callback import SparsityCallback
+from .distill import DistillationConfig, Distiller
 from .helpers import FSDP_MESSAGE
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,9 @@ class SparseTrainer(Trainer):
             penalty to the loss in ``compute_loss``; decoupled ones run right after each optimizer step with that
             step's learning rate (`RegularizerCallback`). Reparametrising ones (STR, spred) are prepared here,
             before the optimizer exists; fold them back with `hf_sparse.fold_` before saving a plain model.
+        teacher: A dense teacher for knowledge distillation while training (`Distiller`): the training loss
+            becomes ``(1 - alpha) * task + alpha * T^2 * KL`` of the soft targets; evaluation losses stay the task's.
+        distillation_config: Temperature and mixing weight (`DistillationConfig`; default ``T=2``, ``alpha=0.5``).
         **kwargs: Passed to ``Trainer`` (``callbacks`` are kept; the sparsity callback is appended).
 
     Example:
@@ -64,8 +68,14 @@ class SparseTrainer(Trainer):
         sparsity_config: Optional[SparsityConfig] = None,
         dynamic_config: Optional[DynamicSparsityConfig] = None,
         regularizers: Optional[Sequence[Regularizer]] = None,
+        teacher: Optional[torch.nn.Module] = None,
+        distillation_config: Optional[DistillationConfig] = None,
         **kwargs,
     ):
+        if distillation_config is not None and teacher is None:
+            raise ValueError("SparseTrainer(distillation_config=...) needs a teacher model.")
+        #: The `Distiller` of the teacher (``None`` without one).
+        self.distiller = Distiller(teacher, distillation_config) if teacher is not None else None
         regularizers = list(regularizers or [])
         bad = [type(r).__name__ for r in regularizers if not isinstance(r, Regularizer)]
         if bad:
@@ -98,22 +108,29 @@ class SparseTrainer(Trainer):
             self.sparsity_callback.trainer_writes_artifacts = True
         handler = getattr(self.accelerator, "ddp_handler", None)
         if self.args.ddp_broadcast_buffers is None and handler is not None:
-            # Masks are identical on every process by construction (and checked at each update); DDP's default
-            # buffer broadcast would copy every mask from rank 0 before every forward.
+            # Masks are identical on every process by construction (checked at train start and at each update);
+            # DDP's default buffer broadcast would copy every mask from rank 0 before every forward.
             handler.broadcast_buffers = False
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """``Trainer.compute_loss`` plus the penalties of the coupled regularizers (once per optimizer step)."""
-        result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
-        if not any(r.coupled for r in self.regularizers):
+        """``Trainer.compute_loss`` plus the teacher's soft targets (training only) and the penalties of the coupled
+        regularizers (once per optimizer step)."""
+        distil = self.distiller is not None and model.training
+        result = super().compute_loss(
+            model, inputs, return_outputs=return_outputs or distil, num_items_in_batch=num_items_in_batch
+        )
+        if not distil and not any(r.coupled for r in self.regularizers):
             return result
-        loss, outputs = result if return_outputs else (result, None)
+        loss, outputs = result if (return_outputs or distil) else (result, None)
         # When the model normalised the loss over the whole accumulated batch, the Trainer does not divide it by
-        # the accumulation steps, so the per-micro-batch penalty is divided here to count once per step.
+        # the accumulation steps, so the per-micro-batch terms are divided here to count once per step.
         scaled = bool(getattr(self, "model_accepts_loss_kwargs", False) and num_items_in_batch is not None)
         scale = 1.0 / max(1, int(self.args.gradient_accumulation_steps)) if scaled else 1.0
-        loss = add_penalty(loss, unwrap_model(self.accelerator.unwrap_model(model)), self.regularizers,
-                           step=self.state.global_step, scale=scale)
+        if distil:
+            loss = self.distiller.loss(loss, outputs, self.distiller.teacher_outputs(inputs), inputs, scale=scale)
+        if any(r.coupled for r in self.regularizers):
+            loss = add_penalty(loss, unwrap_model(self.accelerator.unwrap_model(model)), self.regularizers,
+                               step=self.state.global_step, scale=scale)
         return (loss, outputs) if return_outputs else loss
 
     @property
