@@ -108,7 +108,10 @@ class SparseMixin:
     @property
     def density(self) -> float:
         """Actual fraction of active weights."""
-        return float(self.weight_mask.sum()) / self.weight_mask.numel()
+        active = self.weight_mask.sum()
+        if hasattr(active, "full_tensor"):  # an FSDP2-sharded mask (DTensor): sum over every process's shard
+            active = active.full_tensor()
+        return float(active) / self.weight_mask.numel()
 
     def extra_repr(self) -> str:  # noqa: D401 - nn.Module hook
         base = super().extra_repr() if not isinstance(self, Conv1D) else f"nf={self.nf}, nx={self.nx}"

@@ -1,6 +1,7 @@
 """hf-sparse inspect / densify / card on a saved checkpoint."""
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -105,6 +106,9 @@ def test_card_rerender(saved, tmp_path, capsys):
     assert "| fill-mask | WikiText-103 | perplexity | 12.5 |" in card.text
     # the inputs persist, and the checkpoint still loads (the card is not part of the checksummed files)
     assert ckpt.read_sparsity_config(path)["card"]["base_model"] == "prajjwal1/bert-mini"
+    # results given without a date are stamped with the day they were added, and the card shows it
+    date = ckpt.read_sparsity_config(path)["card"]["eval_results"][0]["date"]
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", date) and f"| 12.5 | {date} |" in card.text
     assert sparse_modules(ckpt.from_pretrained(BertForPreTraining, path))
     assert main(["card", str(path), "--stdout"]) == 0
     assert "prajjwal1/bert-mini" in capsys.readouterr().out

@@ -92,6 +92,8 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     finally:
         with open(os.path.join(out_dir, f"rank{rank}.txt"), "w", encoding="utf-8") as fh:
             fh.write("\n".join(result))
+        # Both processes leave together: tearing gloo down while the peer is still mid-collective can abort it.
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -2,6 +2,7 @@
 end to end (resumable: a second call trains nothing)."""
 
 import json
+import os
 import math
 
 import pytest
@@ -146,3 +147,31 @@ def test_smoke_suite_end_to_end_and_resumable(tmp_path, shared_data, monkeypatch
     for claim in build_claims(SUITES["smoke"]):
         assert claim.title in text
     assert (tmp_path / "fig" / "loss_vs_flops_bert.png").is_file() and (tmp_path / "fig" / "dof.png").is_file()
+
+
+def test_a_run_claimed_by_a_live_process_is_skipped_and_a_dead_claim_is_taken_over(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    import hf_sparse.reproduction.runner as runner
+    from hf_sparse.reproduction.regime import Corpus
+
+    suite = SUITES["smoke"]
+    t = torch.zeros(2, 4, dtype=torch.long)
+    corpus = Corpus("c", 300, t, t, t, t, {})
+    arm = Arm("dense", "bert")
+    key = run_key(arm, suite, 0, "c")
+    lock = runner.result_path(tmp_path, key).with_suffix(".lock")
+    lock.parent.mkdir(parents=True)
+    measured = {"eval_loss": 1.0, "train_flops": 1.0}
+    monkeypatch.setattr(runner, "train_arm", lambda *a, **k: dict(measured))
+
+    lock.write_text(str(os.getpid()))  # a live owner: skipped, nothing stored, its lock kept
+    assert runner.run_or_load(arm, suite, corpus, 0, tmp_path) is None
+    assert lock.is_file() and runner.load_result(tmp_path, key) is None
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock.write_text(dead.stdout.strip())  # its owner is gone: the run is trained, stored, and the lock removed
+    record = runner.run_or_load(arm, suite, corpus, 0, tmp_path)
+    assert record["eval_loss"] == 1.0 and record["key"] == key
+    assert not lock.exists() and runner.load_result(tmp_path, key)["eval_loss"] == 1.0

@@ -32,6 +32,7 @@ from . import masks as mask_io
 from .atomic import apply_umask_, atomic_directory, in_place_directory, is_main_process as _is_main_process
 from .read import FORMAT_VERSION, LAYOUTS, SPARSITY_CONFIG_NAME
 from .masks import MASKS_NAME
+from ..controller.sharding import gathered_for_saving, is_sharded
 from ..patching import get_sparsity_config, sparse_modules
 from ..version import __version__
 
@@ -128,7 +129,9 @@ def save_pretrained(
             ``model_name``, ``title``, ``algorithm``, ``tags``, ``repo_id``.
         tokenizer: A tokenizer / processor saved alongside (anything with ``save_pretrained``).
         is_main_process: Whether this process writes; by default rank 0 of a ``torch.distributed`` /
-            Accelerate run (the others return ``None`` without writing).
+            Accelerate run (the others return ``None`` without writing). With FSDP2-sharded weights
+            (``fully_shard``) every process must call this: they gather the whole weights and masks onto the main
+            process's CPU together.
         atomic: Build the checkpoint in a temporary sibling directory and swap it in (an interrupted save
             leaves the previous checkpoint intact). Pass ``False`` when other processes write into the same
             directory concurrently (e.g. per-rank RNG states of a Trainer checkpoint): files are then written in
@@ -146,6 +149,18 @@ def save_pretrained(
     found = sparse_modules(model)
     if not found:
         raise ValueError(f"{type(model).__name__} has no sparse modules; save it with model.save_pretrained.")
+    if is_sharded(found):
+        # FSDP2: every process takes part in gathering the whole weights and masks; only the main one holds them
+        # (on the CPU) and writes the same checkpoint a one-process run would.
+        main = _is_main_process(is_main_process)
+        with gathered_for_saving(model, main) as whole:
+            if not whole:
+                return None
+            return save_pretrained(
+                model, save_directory, dynamic_config=dynamic_config, ift_config=ift_config,
+                training_stats=training_stats, card_info=card_info, tokenizer=tokenizer, is_main_process=True,
+                atomic=atomic, **kwargs,
+            )
     if tokenizer is not None and not hasattr(tokenizer, "save_pretrained"):
         raise TypeError(f"tokenizer must have save_pretrained(), got {type(tokenizer).__name__}.")
     if kwargs.get("push_to_hub"):

@@ -143,7 +143,7 @@ def _add_card_args(p: argparse.ArgumentParser) -> None:
 def _run_card(args: argparse.Namespace) -> int:
     from ..checkpoint.atomic import replace_file
     from ..checkpoint import MODEL_CARD_NAME, SPARSITY_CONFIG_NAME, read_sparsity_config
-    from ..checkpoint.card import render_model_card
+    from ..checkpoint.card import prepare_card_info, render_model_card
 
     directory = Path(args.directory)
     record = read_sparsity_config(directory)
@@ -151,7 +151,8 @@ def _run_card(args: argparse.Namespace) -> int:
                if getattr(args, k)}
     if args.eval_results:
         updates["eval_results"] = json.loads(Path(args.eval_results).read_text(encoding="utf-8"))
-    record["card"] = {**(record.get("card") or {}), **updates}
+    # Stamps new evaluation results with today's date (and validates the keys) like save_pretrained's card_info.
+    record["card"] = prepare_card_info({**(record.get("card") or {}), **updates})
     card = render_model_card(record)  # renders (and validates) before anything is written
     if args.stdout:
         print(card.content)

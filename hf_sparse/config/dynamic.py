@@ -124,7 +124,8 @@ class DynamicSparsityConfig(ConfigMixin):
     log_per_layer: bool = field(default=False, metadata={"help": "Log per-layer sparsity metrics too."})
     regrow_pruned: Optional[bool] = field(
         default=None,
-        metadata={"help": "Let just-pruned granules be regrown at the same update (None: the algorithm's default)."},
+        metadata={"help": "Let just-pruned granules be regrown at the same update (None: the algorithm's default).",
+                  "algorithms": ("dynsparse", "set", "rigl")},
     )
 
     def __post_init__(self) -> None:

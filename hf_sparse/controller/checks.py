@@ -10,6 +10,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..layers import SparseMixin
+from .sharding import count_nonzero, is_dtensor
 from ..structure import expand_granules, granules_to_elements, num_active, reduce_to_granules
 
 
@@ -22,21 +23,6 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             model = model._orig_mod
         else:
             return model
-
-
-def check_not_sharded(model: nn.Module) -> None:
-    """Raises when the model is FSDP-wrapped or holds sharded (DTensor) parameters.
-
-    Mask updates rank whole weights; on a shard they would silently pick a different pattern per process.
-    """
-    wrapped = [type(m).__name__ for m in model.modules() if "FullyShardedDataParallel" in type(m).__name__]
-    sharded = any(type(p).__name__ == "DTensor" for p in model.parameters())
-    if wrapped or sharded:
-        raise ValueError(
-            "hf_sparse does not support FSDP / sharded parameters yet: mask updates need the full weights and "
-            "would silently lose sparsity on shards. Use DDP instead (`accelerate launch --multi_gpu`, no FSDP "
-            "plugin), or DeepSpeed-free single-process training."
-        )
 
 
 def mask_audit(name: str, module: SparseMixin, require_zero: bool) -> None:
@@ -107,6 +93,8 @@ def check_distributed_masks(modules: Dict[str, SparseMixin], when: str = "after 
     Raises:
         RuntimeError: Naming the first differing layers and the ranks that disagree with rank 0.
     """
+    # FSDP2-sharded masks differ between processes by design (each holds its shard of the same whole mask).
+    modules = {n: m for n, m in modules.items() if not is_dtensor(m.weight_mask)}
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2 or not modules:
         return
     local = torch.stack([mask_hash(m.weight_mask) for m in modules.values()])
@@ -143,8 +131,8 @@ def sparsity_metrics(
         ``{"sparsity/density": ..., "sparsity/dof": ..., "sparsity/churn": ..., "sparsity/removed_were_new": ...}``.
     """
     total = sum(m.weight_mask.numel() for m in modules.values())
-    active = sum(int(torch.count_nonzero(m.weight_mask)) for m in modules.values())
-    ever = sum(int(torch.count_nonzero(e)) for e in ever_active.values())
+    active = sum(count_nonzero(m.weight_mask) for m in modules.values())
+    ever = sum(count_nonzero(e) for e in ever_active.values())
     before = sum(s["active_before"] for s in stats.values())
     removed = sum(s["removed"] for s in stats.values())
     were_new = sum(s["removed_were_new"] for s in stats.values())
@@ -157,8 +145,8 @@ def sparsity_metrics(
     if per_layer:
         for name, module in modules.items():
             numel = module.weight_mask.numel()
-            out[f"sparsity/{name}/density"] = int(torch.count_nonzero(module.weight_mask)) / numel
-            out[f"sparsity/{name}/dof"] = int(torch.count_nonzero(ever_active[name])) / numel
+            out[f"sparsity/{name}/density"] = count_nonzero(module.weight_mask) / numel
+            out[f"sparsity/{name}/dof"] = count_nonzero(ever_active[name]) / numel
             s = stats.get(name)
             out[f"sparsity/{name}/churn"] = s["removed"] / s["active_before"] if s and s["active_before"] else 0.0
     return out

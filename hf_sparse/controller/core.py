@@ -27,8 +27,12 @@ from torch import nn
 
 from ..algorithms import ALGORITHM_REGISTRY, SparsityAlgorithm, build_algorithm
 from ..config import DynamicSparsityConfig, SparsityConfig
-from .checks import check_distributed_masks, check_not_sharded, mask_audit, sparsity_metrics, unwrap_model
+from .checks import check_distributed_masks, mask_audit, sparsity_metrics, unwrap_model
 from .grad_capture import GradientHooks
+from .sharding import (
+    GatheredLayer, ShardedGradientHooks, check_fsdp_supported, count_nonzero, full, is_dtensor, is_sharded, shard_like,
+    shard_masks_,
+)
 from .optim_state import check_optimizer_holds, scale_lr_, unwrap_optimizer, zero_state_
 from .setup import final_layer_densities, sparsify_for_training_
 from .state_io import read_state, write_state
@@ -47,7 +51,8 @@ class SparsityController:
     """Owns the sparse layers, the mask-update algorithm and the optimizer state they touch.
 
     Args:
-        model: The model (DDP / ``torch.compile`` wrappers are unwrapped; FSDP / sharded parameters are refused).
+        model: The model (DDP / ``torch.compile`` wrappers are unwrapped). FSDP2-sharded models (``fully_shard``
+            after `sparsify_`, before the optimizer) work: see `hf_sparse.controller.sharding`; FSDP1 is refused.
             Sparsified with ``sparsity_config`` when it has no sparse layers yet.
         optimizer: The optimizer holding the sparse weights (an accelerate wrapper is fine). Without it the
             optimizer state of re-allocated weights cannot be reset (a warning says so).
@@ -75,13 +80,13 @@ class SparsityController:
         reset_optimizer_state: bool = True,
     ):
         model = unwrap_model(model)
-        check_not_sharded(model)
         dynamic_config = dynamic_config if dynamic_config is not None else DynamicSparsityConfig(algorithm="static")
         if not isinstance(dynamic_config, DynamicSparsityConfig):
             raise TypeError(f"dynamic_config must be a DynamicSparsityConfig, got {type(dynamic_config).__name__}.")
         if sparsity_config is not None and not isinstance(sparsity_config, SparsityConfig):
             raise TypeError(f"sparsity_config must be a SparsityConfig, got {type(sparsity_config).__name__}.")
         algorithm_cls = ALGORITHM_REGISTRY.get(dynamic_config.algorithm)
+        check_fsdp_supported(model, algorithm_cls)
         if total_steps is None:
             if algorithm_cls.updates_masks:
                 raise ValueError(f"total_steps is required for algorithm={dynamic_config.algorithm!r}.")
@@ -101,7 +106,16 @@ class SparsityController:
         # Built before the model is touched, so an unsupported algorithm x structure leaves the model as it was.
         self.algorithm: SparsityAlgorithm = build_algorithm(dynamic_config, structure, total_steps, seed)
         if not modules:
+            if any(is_dtensor(p) for p in model.parameters()):
+                raise ValueError(
+                    f"{type(model).__name__} is sharded (FSDP2) but not sparse: call hf_sparse.sparsify_ (or "
+                    "apply_sparse_ift) before fully_shard."
+                )
             modules = sparsify_for_training_(model, sparsity_config, dynamic_config, optimizer)
+        if is_sharded(modules):
+            check_distributed_masks(modules, "before sharding the masks")
+        #: Whether the sparse weights are FSDP2 shards: updates then gather one layer at a time.
+        self.sharded = shard_masks_(modules)
 
         self.model = model
         self.modules: Dict[str, SparseMixin] = modules
@@ -119,7 +133,7 @@ class SparsityController:
         self.ever_active = {n: m.weight_mask.clone() for n, m in modules.items()}
         self.last_added = {n: torch.zeros_like(m.weight_mask) for n, m in modules.items()}
         self._frozen: Dict[str, torch.Tensor] = {}
-        self._grads = GradientHooks(modules)
+        self._grads = ShardedGradientHooks(modules) if self.sharded else GradientHooks(modules)
         self._inner_optimizer = unwrap_optimizer(optimizer)
         if self._inner_optimizer is None and algorithm_cls.updates_masks:
             logger.warning("SparsityController got no optimizer: optimizer state of re-allocated weights is not reset.")
@@ -168,11 +182,23 @@ class SparsityController:
         zero_mode = self.dynamic_config.inactive == "zero"
         stats: Dict[str, Dict[str, int]] = {}
         for name, module in self.modules.items():
-            old = module.weight_mask.clone()
-            upd = self.algorithm.update_layer(name, module, step, grads.get(name))
+            # Sharded (FSDP2): the algorithm sees this one layer's whole weight, mask and gradient, exactly as in a
+            # one-process run; every process computes the same new mask and keeps its shard of it.
+            layer = self._layer(module)
+            old = layer.weight_mask.clone()
+            grad = grads.get(name)
+            upd = self.algorithm.update_layer(name, layer, step, full(grad) if grad is not None else None)
             new = upd.mask.to(device=old.device, dtype=torch.bool)
             removed, added = old & ~new, new & ~old
             self._check_counts(name, module.structure, upd, int(torch.count_nonzero(removed)), int(torch.count_nonzero(added)))
+            stats[name] = {
+                "active_before": int(torch.count_nonzero(old)),
+                "removed": int(torch.count_nonzero(removed)),
+                "removed_were_new": int(torch.count_nonzero(removed & full(self.last_added[name]))),
+            }
+            del layer, old
+            if self.sharded:
+                new, removed, added = (shard_like(t, module.weight) for t in (new, removed, added))
             if upd.target_density is not None:
                 module.target_density = float(upd.target_density)
             live = self.algorithm.inactive_values_live(step)
@@ -183,16 +209,12 @@ class SparsityController:
                 self._zero_state(module, added | removed)
             elif zero_mode and not live:
                 self._zero_state(module, removed)
-            stats[name] = {
-                "active_before": int(torch.count_nonzero(old)),
-                "removed": int(torch.count_nonzero(removed)),
-                "removed_were_new": int(torch.count_nonzero(removed & self.last_added[name])),
-            }
             self.ever_active[name] |= new
             self.last_added[name] = added
         self.num_updates += 1
         self.audit()
-        check_distributed_masks(self.modules)
+        if not self.sharded:  # shards differ by design; every process computed the same whole masks above
+            check_distributed_masks(self.modules)
         self._refresh_frozen()
         self.last_metrics = self._metrics(stats, step)
         logger.info(
@@ -219,7 +241,11 @@ class SparsityController:
             self.step_count
         )
         for name, module in self.modules.items():
-            mask_audit(name, module, require_zero)
+            mask_audit(name, self._layer(module), require_zero)
+
+    def _layer(self, module: SparseMixin):
+        """The layer as algorithms and audits read it: itself, or its gathered whole tensors when sharded."""
+        return GatheredLayer(module) if self.sharded else module
 
     @torch.no_grad()
     def _enforce_inactive(self, step: int) -> None:
@@ -268,8 +294,8 @@ class SparsityController:
         """Per-layer density and explored degrees of freedom (fraction of weights ever active)."""
         return {
             name: {
-                "density": float(m.weight_mask.float().mean()),
-                "dof": float(self.ever_active[name].float().mean()),
+                "density": count_nonzero(m.weight_mask) / m.weight_mask.numel(),
+                "dof": count_nonzero(self.ever_active[name]) / m.weight_mask.numel(),
                 "target_density": m.target_density,
             }
             for name, m in self.modules.items()
@@ -282,13 +308,14 @@ class SparsityController:
         Returns:
             ``{"tensors": {name: bool tensor}, "meta": JSON-serialisable dict}`` holding the masks, the ever-active
             record, the last re-allocation, step / update counters, target densities and the algorithm state.
-            Randomness is derived from (seed, step, layer), so the step is the whole RNG state.
+            Randomness is derived from (seed, step, layer), so the step is the whole RNG state. Tensors are whole
+            (CPU) even when the model is FSDP2-sharded; then every process must call this (masks are gathered).
         """
         tensors = {}
         for name, module in self.modules.items():
-            tensors[f"mask.{name}"] = module.weight_mask.detach().cpu().clone()
-            tensors[f"ever_active.{name}"] = self.ever_active[name].cpu().clone()
-            tensors[f"last_added.{name}"] = self.last_added[name].cpu().clone()
+            tensors[f"mask.{name}"] = full(module.weight_mask.detach()).cpu().clone()
+            tensors[f"ever_active.{name}"] = full(self.ever_active[name]).cpu().clone()
+            tensors[f"last_added.{name}"] = full(self.last_added[name]).cpu().clone()
         for key, value in self.algorithm.tensor_state_dict().items():  # e.g. movement scores, bit-exact
             tensors[f"{ALGORITHM_TENSOR_PREFIX}{key}"] = value.detach().cpu().clone()
         meta = {
@@ -339,10 +366,11 @@ class SparsityController:
         live = self.algorithm.inactive_values_live(self.step_count)
         for name, module in self.modules.items():
             module.target_density = float(meta["target_densities"][name])
-            mask = tensors[f"mask.{name}"].to(device=module.weight.device, dtype=torch.bool)
+            mask = shard_like(tensors[f"mask.{name}"].to(device=module.weight.device, dtype=torch.bool), module.weight)
             module.set_mask_(mask, zero_inactive=self.dynamic_config.inactive == "zero" and not live)
-            self.ever_active[name] = tensors[f"ever_active.{name}"].to(module.weight.device, torch.bool).clone()
-            self.last_added[name] = tensors[f"last_added.{name}"].to(module.weight.device, torch.bool).clone()
+            for kind, record in (("ever_active", self.ever_active), ("last_added", self.last_added)):
+                value = tensors[f"{kind}.{name}"].to(module.weight.device, torch.bool).clone()
+                record[name] = shard_like(value, module.weight)
         self._zero_inactive_state()
         self._refresh_frozen()
         self.last_metrics = dict(meta.get("metrics") or self._metrics({}))

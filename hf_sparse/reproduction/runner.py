@@ -186,8 +186,33 @@ def load_result(out_dir: os.PathLike, key: str) -> Optional[Dict[str, Any]]:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def run_or_load(arm: Arm, suite: Suite, corpus: Corpus, seed: int, out_dir: os.PathLike) -> Dict[str, Any]:
+def _claim(lock: Path) -> bool:
+    """Claims a run for this process with an exclusive lock file; a lock left by a dead process is taken over."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                owner = int(lock.read_text().strip() or 0)
+                os.kill(owner, 0)
+                return False  # a live process (another terminal running the same suite) is training it
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                lock.unlink(missing_ok=True)  # its owner died mid-run: the run is free again
+                continue
+            except PermissionError:
+                return False
+        with os.fdopen(fd, "w") as fh:
+            fh.write(str(os.getpid()))
+        return True
+    return False
+
+
+def run_or_load(arm: Arm, suite: Suite, corpus: Corpus, seed: int, out_dir: os.PathLike) -> Optional[Dict[str, Any]]:
     """The stored result of this run, or trains it now and stores it (atomically) before returning it.
+
+    Two invocations of the same suite (e.g. two terminals with one thread each) share the work: a run another live
+    process is training is skipped (``None``) and picked up from storage by the next call.
 
     Example:
         >>> run_or_load(Arm("dense", "bert"), suite, corpus, seed=0, out_dir="reproduction/results")
@@ -196,9 +221,21 @@ def run_or_load(arm: Arm, suite: Suite, corpus: Corpus, seed: int, out_dir: os.P
     cached = load_result(out_dir, key)
     if cached is not None:
         return cached
-    logger.info("Running %s / %s seed %d (%s)", suite.name, arm.label, seed, key)
-    with tempfile.TemporaryDirectory(prefix="hf-sparse-repro-") as work:
-        measured = train_arm(arm, suite, corpus, seed, work)
+    lock = result_path(out_dir, key).with_suffix(".lock")
+    if not _claim(lock):
+        logger.info("Skipping %s / %s seed %d: another process is training it.", suite.name, arm.label, seed)
+        return None
+    try:
+        logger.info("Running %s / %s seed %d (%s)", suite.name, arm.label, seed, key)
+        with tempfile.TemporaryDirectory(prefix="hf-sparse-repro-") as work:
+            measured = train_arm(arm, suite, corpus, seed, work)
+        return _store(arm, suite, corpus, seed, key, measured, out_dir)
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _store(arm: Arm, suite: Suite, corpus: Corpus, seed: int, key: str, measured: Dict[str, Any],
+           out_dir: os.PathLike) -> Dict[str, Any]:
     import hf_sparse
 
     record = {"key": key, "label": arm.label, "arm": arm.describe(), "suite": suite.name, "seed": seed,

@@ -23,9 +23,10 @@ from ..kernels.dispatch import enable_from_config_
 logger = logging.getLogger(__name__)
 
 FSDP_MESSAGE = (
-    "hf_sparse does not support FSDP or DeepSpeed yet: mask updates need full, unsharded weights and the "
-    "optimizer state of each weight. Use DDP instead: `accelerate launch --multi_gpu` without an FSDP / "
-    "DeepSpeed plugin (or plain `torchrun`)."
+    "SparseTrainer / SparsityCallback do not run under FSDP or DeepSpeed yet. Use DDP: `accelerate launch "
+    "--multi_gpu` without an FSDP / DeepSpeed plugin (or plain `torchrun`); or, for FSDP2, run "
+    "hf_sparse.SparsityController in your own loop (sparsify_, then fully_shard, then the optimizer, then the "
+    "controller). DeepSpeed ZeRO keeps weights and optimizer state in flat partitions that masks cannot address."
 )
 
 
