@@ -25,7 +25,20 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class InferenceBenchmark:
+class _Comparison:
+    """Dense and converted timings of one measurement, measured side by side."""
+
+    dense_seconds: float
+    sparse_seconds: float
+
+    @property
+    def speedup(self) -> float:
+        """Dense time / sparse time (> 1 means the sparse model is faster)."""
+        return self.dense_seconds / self.sparse_seconds
+
+
+@dataclass
+class InferenceBenchmark(_Comparison):
     """Result of `benchmark_inference`.
 
     Attributes:
@@ -35,15 +48,8 @@ class InferenceBenchmark:
         choices: The per-layer-kind representation chosen by `to_cpu_inference_`.
     """
 
-    dense_seconds: float
-    sparse_seconds: float
     max_abs_diff: float
     choices: Dict[str, MethodChoice] = field(default_factory=dict)
-
-    @property
-    def speedup(self) -> float:
-        """Dense time / sparse time (> 1 means the sparse model is faster)."""
-        return self.dense_seconds / self.sparse_seconds
 
     def to_dict(self) -> dict:
         return {
@@ -116,7 +122,7 @@ def benchmark_inference(
 
 
 @dataclass
-class GenerationBenchmark:
+class GenerationBenchmark(_Comparison):
     """Result of `benchmark_generation`.
 
     Attributes:
@@ -127,16 +133,9 @@ class GenerationBenchmark:
         choices: The per-layer-kind representations chosen by `to_cpu_inference_`.
     """
 
-    dense_seconds: float
-    sparse_seconds: float
     new_tokens: int
     same_tokens: bool
     choices: Dict[str, MethodChoice] = field(default_factory=dict)
-
-    @property
-    def speedup(self) -> float:
-        """Sparse tokens/s over dense tokens/s (> 1 means the sparse model is faster)."""
-        return self.dense_seconds / self.sparse_seconds
 
     def to_dict(self) -> dict:
         return {

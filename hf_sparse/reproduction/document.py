@@ -37,6 +37,17 @@ for sparse runs and by `hf_sparse.flops.count` for dense ones.
 """
 
 
+def unigram_baselines(corpus) -> Dict[str, float]:
+    """Cross-entropy of a context-free guess (the training unigram distribution) on the evaluation tokens: the loss
+    a model that ignores the context would reach, for the causal (all tokens) and the MLM (masked positions) task."""
+    import torch
+
+    counts = torch.bincount(corpus.train.flatten(), minlength=corpus.vocab_size).double() + 1.0  # add-one
+    logp = (counts / counts.sum()).log()
+    scored = corpus.eval_mlm_labels[corpus.eval_mlm_labels != -100]
+    return {"gpt2": float(-logp[corpus.eval[:, 1:].flatten()].mean()), "bert": float(-logp[scored].mean())}
+
+
 def _fmt_flops(runs: List[Dict]) -> str:
     return f"{sum(r['train_flops'] for r in runs) / len(runs):.3g}" if runs else "-"
 
@@ -62,7 +73,7 @@ def _measured(decision: Dict) -> str:
 
 
 def render(decisions: Dict[str, Dict], suite: Suite, corpus_stats: Dict, figures: Dict[str, Path],
-           doc_dir: Path, discussion: Optional[str] = None) -> str:
+           doc_dir: Path, discussion: Optional[str] = None, baselines: Optional[Dict[str, float]] = None) -> str:
     """The markdown of REPRODUCTION.md.
 
     Args:
@@ -72,6 +83,7 @@ def render(decisions: Dict[str, Dict], suite: Suite, corpus_stats: Dict, figures
         figures: Figure paths by name (`plots.all_figures`).
         doc_dir: Folder of the markdown file (figure links are relative to it).
         discussion: Hand-written discussion appended verbatim (``reproduction/discussion.md``).
+        baselines: Unigram cross-entropies per model kind (`unigram_baselines`), shown with the regime.
 
     Returns:
         The document.
@@ -106,6 +118,9 @@ def render(decisions: Dict[str, Dict], suite: Suite, corpus_stats: Dict, figures
         train_tokens=corpus_stats.get("train_tokens", 0), hidden=s["hidden"], layers=s["layers"], heads=s["heads"],
         seq_len=s["corpus"]["seq_len"], lr=s["lr"], warmup=s["warmup_fraction"], weight_decay=s["weight_decay"],
         steps=s["steps"], batch_size=s["batch_size"], tokens=s["steps"] * s["batch_size"] * s["corpus"]["seq_len"]),
+        ("**Context-free baseline.** A guess from the training unigram distribution scores "
+         f"{baselines['bert']:.3f} (BERT, masked positions) and {baselines['gpt2']:.3f} (GPT-2, next tokens) on the "
+         "evaluation tokens: an eval loss below these means the model uses the context.\n") if baselines else "",
         "## Verdict rules (declared before the runs)", "", (verdicts.__doc__ or "").split("Rules (REPRODUCTION.md states them too):")[-1].strip(), ""]
     lines += ["## Claims in detail", ""]
     for cid, d in decisions.items():
@@ -119,7 +134,8 @@ def render(decisions: Dict[str, Dict], suite: Suite, corpus_stats: Dict, figures
         lines += ["", f"Regenerate: `hf-sparse reproduce --suite {suite.name} --claims {cid} --out "
                       "reproduction/results`", ""]
         if d["verdict"] == MISSING:
-            lines += ["Some runs of this claim are not stored yet; the suite resumes where it stopped.", ""]
+            lines += ["Not all runs (every arm x every seed) of this claim are stored yet, so it has no verdict; the "
+                      "same command resumes the suite where it stopped.", ""]
     if figures:
         lines += ["## Figures", ""]
         for name, path in figures.items():
@@ -161,7 +177,8 @@ def write_document(decisions: Dict[str, Dict], suite: str, out_dir: os.PathLike,
     figures = all_figures(decisions, Path(figures_dir))
     discussion_file = Path(figures_dir) / "discussion.md"
     discussion = discussion_file.read_text(encoding="utf-8") if discussion_file.is_file() else None
-    text = render(decisions, settings, corpus.stats, figures, path.resolve().parent, discussion)
+    text = render(decisions, settings, corpus.stats, figures, path.resolve().parent, discussion,
+                  unigram_baselines(corpus))
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text + "\n", encoding="utf-8")
     os.replace(tmp, path)

@@ -111,6 +111,9 @@ def decide_all(suite: Suite, claims: Sequence[Claim], corpus_key: str, out_dir: 
         runs = stored_runs(claim.arms, suite, corpus_key, out_dir)
         model = claim.arms[0].model
         decision = decide(claim, runs, calibrated.get(model))
+        if any(len(rs) < suite.seeds for rs in runs.values()):
+            # A verdict from some of the seeds would be read as final; the suite resumes to complete it.
+            decision["verdict"] = "missing"
         if claim.id.startswith("calibration"):
             calibrated[model] = None if decision["verdict"] == "missing" else decision["verdict"] == "reproduced"
         decisions[claim.id] = {**decision, "claim": claim, "runs": runs}
