@@ -216,6 +216,10 @@ def make_trainer(model, args, sparse_needed: bool, sparsity_config=None, dynamic
     from transformers import Trainer
 
     regs = [hf_sparse.build_regularizer(regularizer)] if regularizer is not None else []
+    if getattr(model, "loss_type", "") is None and type(model).__name__.endswith("LMHeadModel"):
+        # transformers picks the loss from the class name and does not recognise "GPT2LMHeadModel": it falls back
+        # to the causal-LM loss with a warning the user cannot act on. Name the loss it falls back to.
+        model.loss_type = "ForCausalLM"
     if kwargs.get("teacher") is None:  # distillation (teacher=, distillation_config=) needs SparseTrainer
         kwargs.pop("teacher", None), kwargs.pop("distillation_config", None)
     if sparse_needed or regs or kwargs.get("teacher") is not None:

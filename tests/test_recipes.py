@@ -398,3 +398,17 @@ def test_data_card_info_names_hub_splits_and_local_files():
     local = common.DataArguments(train_files=["/data/train-v1.1.json"], validation_files=["/data/dev-v1.1.json"])
     assert common.data_card_info(local, held_out=False) == {"training_data": ["train-v1.1.json"],
                                                             "eval_data": ["dev-v1.1.json"]}
+
+
+def test_make_trainer_names_the_causal_lm_loss_so_transformers_does_not_warn(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel, TrainingArguments
+
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=32, n_embd=16, n_layer=1, n_head=2, n_positions=8))
+    assert model.loss_type is None  # transformers cannot map "GPT2LMHeadModel" to a loss and would warn
+    args = TrainingArguments(str(tmp_path), use_cpu=True, report_to=[], max_steps=1)
+    trainer = common.make_trainer(model, args, sparse_needed=False)
+    assert trainer.model.loss_type == "ForCausalLM"
+    ids = torch.randint(0, 32, (2, 8))
+    model.eval()  # no dropout: both forward passes must see the same logits
+    expected = torch.nn.functional.cross_entropy(model(ids).logits[:, :-1].reshape(-1, 32), ids[:, 1:].reshape(-1))
+    assert torch.allclose(model(ids, labels=ids).loss, expected, atol=1e-6)  # the same causal-LM loss as before

@@ -74,8 +74,14 @@ def build_model(arm: Arm, suite: Suite, corpus: Corpus) -> torch.nn.Module:
     if arm.ift is not None:
         import hf_sparse
 
-        return hf_sparse.apply_sparse_ift(cls, config, hf_sparse.SparseIFTConfig(**arm.ift))
-    return cls(config)
+        model = hf_sparse.apply_sparse_ift(cls, config, hf_sparse.SparseIFTConfig(**arm.ift))
+    else:
+        model = cls(config)
+    if arm.model == "gpt2":
+        # transformers does not map the class name "GPT2LMHeadModel" to a loss and warns on every run before
+        # falling back to the causal-LM loss; name that loss.
+        model.loss_type = "ForCausalLM"
+    return model
 
 
 @torch.no_grad()
