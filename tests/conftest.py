@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 # Keep the 2-core CI machine responsive and tests deterministic.
 torch.set_num_threads(int(os.environ.get("HF_SPARSE_TEST_THREADS", "2")))
@@ -52,3 +53,26 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data folder {SHARED_DATA} is absent")
     return SHARED_DATA
+
+
+class TinyMLP(nn.Module):
+    """Two sparsifiable layers ``a`` and ``b`` and a dense head: the controller tests' model."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(16, 32)
+        self.b = nn.Linear(32, 16)
+        self.head = nn.Linear(16, 2)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.b(torch.relu(self.a(x)))))
+
+
+def train_with_controller(model, opt, ctrl, steps, start=1):
+    for step in range(start, start + steps):
+        g = torch.Generator().manual_seed(step)
+        x, y = torch.randn(8, 16, generator=g), torch.randn(8, 2, generator=g)
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+        ctrl.step(step)

@@ -11,31 +11,17 @@ from hf_sparse.config import DynamicSparsityConfig, SparsityConfig
 from hf_sparse.controller import STATE_META_NAME, STATE_TENSORS_NAME, SparsityController
 from hf_sparse.lr_rule import sparse_lr
 from hf_sparse.patching import sparse_modules
+from conftest import TinyMLP, train_with_controller
 
 
-class Tiny(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.a = nn.Linear(16, 32)
-        self.b = nn.Linear(32, 16)
-        self.head = nn.Linear(16, 2)
-
-    def forward(self, x):
-        return self.head(torch.relu(self.b(torch.relu(self.a(x)))))
+Tiny = TinyMLP
 
 
 def sparsity(**kw):
     return SparsityConfig(**{"sparsity": 0.75, "target_modules": ["a", "b"], "mask_init": "random", **kw})
 
 
-def train(model, opt, ctrl, steps, start=1):
-    for step in range(start, start + steps):
-        g = torch.Generator().manual_seed(step)
-        x, y = torch.randn(8, 16, generator=g), torch.randn(8, 2, generator=g)
-        nn.functional.mse_loss(model(x), y).backward()
-        opt.step()
-        opt.zero_grad()
-        ctrl.step(step)
+train = train_with_controller
 
 
 @pytest.mark.parametrize("algorithm", ["dynsparse", "rigl", "topk", "gmp"])

@@ -11,6 +11,7 @@ from hf_sparse.algorithms import ALGORITHM_REGISTRY, cubic_density, movement_gra
 from hf_sparse.config import DynamicSparsityConfig, SparsityConfig
 from hf_sparse.controller import SparsityController
 from hf_sparse.structure import MaskStructure, num_active
+from conftest import TinyMLP
 
 
 class One(nn.Module):
@@ -22,15 +23,7 @@ class One(nn.Module):
         return self.a(x)
 
 
-class Tiny(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.a = nn.Linear(16, 32)
-        self.b = nn.Linear(32, 16)
-        self.head = nn.Linear(16, 2)
-
-    def forward(self, x):
-        return self.head(torch.relu(self.b(torch.relu(self.a(x)))))
+Tiny = TinyMLP
 
 
 def train(model, opt, ctrl, steps, start=1, check=None):

@@ -6,13 +6,13 @@ import json
 
 import pytest
 import torch
-from torch import nn
 
 import hf_sparse
 from hf_sparse.config import DynamicSparsityConfig, SparsityConfig
 from hf_sparse.controller import SparsityController
 from hf_sparse.patching import layer_densities, sparse_modules
 from hf_sparse.structure import pattern_densities
+from conftest import TinyMLP, train_with_controller
 
 QKV = r".*attention\.self\.(query|key|value)"
 
@@ -159,25 +159,10 @@ def test_transposable_4_8_with_pattern(tiny_bert):
 
 
 # --- algorithms, resume, checkpoints -----------------------------------------------------------------------------
-class Tiny(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.a = nn.Linear(16, 32)
-        self.b = nn.Linear(32, 16)
-        self.head = nn.Linear(16, 2)
-
-    def forward(self, x):
-        return self.head(torch.relu(self.b(torch.relu(self.a(x)))))
+Tiny = TinyMLP
 
 
-def _train(model, opt, ctrl, steps, start=1):
-    for step in range(start, start + steps):
-        g = torch.Generator().manual_seed(step)
-        x, y = torch.randn(8, 16, generator=g), torch.randn(8, 2, generator=g)
-        nn.functional.mse_loss(model(x), y).backward()
-        opt.step()
-        opt.zero_grad()
-        ctrl.step(step)
+_train = train_with_controller
 
 
 @pytest.mark.parametrize("algorithm", ["dynsparse", "rigl", "topk", "gmp"])
