@@ -51,7 +51,7 @@ def layer_rows(args) -> None:
     out_f, in_f, tokens = 3072, 768, args.batch * args.seq
     print(f"One {out_f}x{in_f} layer, {tokens} tokens, {torch.get_num_threads()} threads: speedup vs dense")
     # The few-rows kernel is for decode steps (bench_generation.py), not for 1024-token inputs.
-    default = [m for m in METHODS if m != "numba_csr_rows"]
+    default = [m for m in METHODS if m != "numba_sell"]
     methods = [m for m in (args.methods or default) if numba_available() or not m.startswith("numba")]
     print(f"{'structure':<13}{'sparsity':>9}" + "".join(f"{m:>12}" for m in methods))
     x = torch.randn(tokens, in_f)

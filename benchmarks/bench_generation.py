@@ -25,7 +25,7 @@ from hf_sparse.patching import sparsify_
 
 STRUCTURES = {"unstructured": dict(structure="unstructured"), "block16": dict(structure="block", block_size=16)}
 SHORT = {"dense": "dense", "torch_csr": "tcsr", "torch_bsr": "tbsr", "numba_csr": "csr", "numba_bsr": "bsr",
-         "numba_csr_rows": "rows"}
+         "numba_sell": "sell"}
 
 
 def build(args, structure: str, sparsity: float) -> GPT2LMHeadModel:

@@ -44,7 +44,7 @@ def _rows_for_decode(monkeypatch) -> None:
     otherwise often keep dense, and the test is about the paths, not the timings)."""
     from hf_sparse.kernels import cpu
 
-    fixed = {"numba_csr_rows": 0.5, "numba_csr": 1.0}
+    fixed = {"numba_sell": 0.5, "numba_csr": 1.0}
     monkeypatch.setattr(cpu, "time_round_robin", lambda calls, repeats, before=None: {
         m: fixed.get(m, 2.0) for m in calls})
 
@@ -89,15 +89,15 @@ def test_shared_pack_is_never_stale_after_in_place_edit():
 def test_few_rows_representation_per_row_count():
     weight = torch.randn(48, 40) * (torch.rand(48, 40) > 0.8)
     bias = torch.randn(48)
-    layer = SparseInferenceLinear(weight, bias, "numba_csr", few_rows_method="numba_csr_rows", few_rows=4)
-    assert layer.few_rows == 4 and "numba_csr_rows (<= 4 rows)" in repr(layer)
-    assert layer._few.arrays[1].dtype.itemsize == 2  # 16-bit column indices
+    layer = SparseInferenceLinear(weight, bias, "numba_csr", few_rows_method="numba_sell", few_rows=4)
+    assert layer.few_rows == 4 and "numba_sell (<= 4 rows)" in repr(layer)
+    assert layer._few.arrays[2].dtype.itemsize == 2  # 16-bit column indices
     with torch.inference_mode():
         for shape in [(1, 40), (1, 1, 40), (2, 2, 40), (5, 40), (3, 33, 40)]:
             x = torch.randn(*shape)
             torch.testing.assert_close(layer(x), F.linear(x, weight, bias), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="few_rows=0"):
-        SparseInferenceLinear(weight, bias, "numba_csr", few_rows_method="numba_csr_rows")
+        SparseInferenceLinear(weight, bias, "numba_csr", few_rows_method="numba_sell")
 
 
 def test_greedy_generation_matches_dense(monkeypatch):
@@ -109,7 +109,7 @@ def test_greedy_generation_matches_dense(monkeypatch):
     with torch.no_grad():
         expected = dense.generate(ids, **kwargs)
     choices = to_cpu_inference_(model, calibration_tokens=20, repeats=1)
-    assert all(c.method == "numba_csr" and c.decode_method == "numba_csr_rows" and c.few_rows == 16
+    assert all(c.method == "numba_csr" and c.decode_method == "numba_sell" and c.few_rows == 16
                for c in choices.values())
     calls = []
     layer = model.transformer.h[0].mlp.c_fc
@@ -125,7 +125,7 @@ def test_decode_race_records_its_choice():
     choices = to_cpu_inference_(model, calibration_tokens=20, repeats=1)
     for choice in choices.values():
         assert choice.decode_method in choice.decode_timings
-        assert "numba_csr_rows" not in choice.timings  # the rows kernel only races for few rows
+        assert "numba_sell" not in choice.timings  # the rows kernel only races for few rows
         assert choice.few_rows == 0 or choice.decode_method != choice.method
     none = to_cpu_inference_(_gpt2_lm(), calibration_tokens=20, repeats=1, decode_tokens=None)
     assert all(c.decode_method is None and c.few_rows == 0 for c in none.values())

@@ -22,6 +22,9 @@ import numpy as np
 import torch
 from numba import njit, prange
 
+# One handle for every kernel: `load_numba` imports this module only.
+from ._numba_rows import FEW_ROWS, sell_pack, sell_rows_matmul, sell_rows_matmul_serial  # noqa: F401
+
 #: Widest token panel per kernel (measured best, see above); ``panel_width`` picks the width for an input.
 CSR_PANEL = 256
 BSR_PANEL = 256
@@ -143,72 +146,6 @@ def bsr_panel_matmul(indptr, indices, blocks, bias, xp, yp):  # pragma: no cover
                     for j in range(panel):
                         acc0[j] += (u0 * x0[j] + u1 * x1[j]) + (u2 * x2[j] + u3 * x3[j])
                         acc1[j] += (v0 * x0[j] + v1 * x1[j]) + (v2 * x2[j] + v3 * x3[j])
-
-
-#: Output rows per parallel task of the few-rows kernel: enough work per task to amortise the thread hand-off
-#: (a 768-wide row at 90% sparsity is ~77 non-zeros), few enough that two cores split even a 768-row layer evenly.
-ROWS_TASK = 64
-#: Most activation rows `csr_rows_matmul` takes; above it the panel kernel's FMAs over a token panel win (measured).
-FEW_ROWS = 16
-
-
-@njit(fastmath=_FASTMATH, boundscheck=False, cache=True)
-def _csr_rows(ptr, indices, data, bias, x, y, o0, o1):  # pragma: no cover - compiled
-    """Rows ``o0 .. o1`` of `csr_rows_matmul`: four partial sums per output so the gathers overlap."""
-    for t in range(x.shape[0]):
-        xt = x[t]
-        yt = y[t]
-        for o in range(o0, o1):
-            s0 = np.float32(0.0)
-            s1 = np.float32(0.0)
-            s2 = np.float32(0.0)
-            s3 = np.float32(0.0)
-            p = ptr[o]
-            end = ptr[o + 1]
-            while p + 4 <= end:
-                s0 += data[p] * xt[indices[p]]
-                s1 += data[p + 1] * xt[indices[p + 1]]
-                s2 += data[p + 2] * xt[indices[p + 2]]
-                s3 += data[p + 3] * xt[indices[p + 3]]
-                p += 4
-            while p < end:
-                s0 += data[p] * xt[indices[p]]
-                p += 1
-            yt[o] = bias[o] + ((s0 + s1) + (s2 + s3))
-
-
-@njit(parallel=True, fastmath=_FASTMATH, boundscheck=False, cache=True)
-def csr_rows_matmul(ptr, indices, data, bias, x, y):  # pragma: no cover - compiled
-    """``y[t, o] = bias[o] + sum_p data[p] * x[t, indices[p]]`` for a few activation rows ``x`` ``[T, in]``.
-
-    The decode steps of generation multiply one token (or a handful) by every weight: the time is spent streaming
-    the weight from memory, not on arithmetic, so this kernel reads the plain CSR arrays once per call (``indices``
-    uint16 when ``in`` allows, a third fewer bytes than int32 indices with fp32 values), gathers from the activation
-    rows (a few KiB, in L1) and needs no packing of ``x`` or ``y``. Row groups of ``ROWS_TASK`` are split over the
-    threads. Looping over tokens outside the rows (in the task helper) was 2x faster than inside (measured).
-    """
-    out = bias.shape[0]
-    for g in prange((out + ROWS_TASK - 1) // ROWS_TASK):
-        _csr_rows(ptr, indices, data, bias, x, y, g * ROWS_TASK, min(out, (g + 1) * ROWS_TASK))
-
-
-@njit(fastmath=_FASTMATH, boundscheck=False, cache=True)
-def csr_rows_matmul_serial(ptr, indices, data, bias, x, y):  # pragma: no cover - compiled
-    """`csr_rows_matmul` on the calling thread, for one-thread runs: a decode step's layer takes well under a
-    millisecond, and handing it to Numba's worker thread can cost more than that when other processes keep the
-    cores busy (measured on a loaded 2-core machine: 20-50 ms per call)."""
-    _csr_rows(ptr, indices, data, bias, x, y, 0, bias.shape[0])
-
-
-def plain_csr(weight: torch.Tensor) -> tuple:
-    """``(ptr, indices, data)`` of a ``[out, in]`` weight for `csr_rows_matmul`: int32 row pointers, column
-    indices as uint16 when ``in <= 65536`` (else int32), fp32 values."""
-    rows, cols = weight.nonzero(as_tuple=True)  # row-major order
-    ptr = torch.zeros(weight.shape[0] + 1, dtype=torch.int64)
-    ptr[1:] = torch.cumsum(torch.bincount(rows, minlength=weight.shape[0]), 0)
-    # Unsigned: a signed index makes Numba add a negative-index wrap-around to every gather.
-    indices = cols.numpy().astype(np.uint16 if weight.shape[1] <= 2 ** 16 else np.int32)
-    return ptr.to(torch.int32).numpy(), indices, weight[rows, cols].contiguous().numpy()
 
 
 def panel_width(tokens: int, widest: int) -> int:

@@ -8,7 +8,7 @@ its masked weight in one of:
   (the ``F.linear(X, W_sparse)`` form is several times *slower* than dense, so it is never used);
 - ``"numba_csr"`` / ``"numba_bsr"``: our own Numba panel kernels (`hf_sparse.kernels._numba_spmm`), available
   with the ``cpu-kernels`` extra;
-- ``"numba_csr_rows"``: our Numba CSR kernel for a few token rows (16-bit column indices), for the decode steps of
+- ``"numba_sell"``: our Numba SELL-8 kernel for a few token rows (16-bit column indices), for the decode steps of
   generation, where reading the weight from memory is the whole cost.
 
 The choice is made by timing every applicable candidate on a calibration activation for each distinct layer
@@ -162,7 +162,7 @@ def _race(modules: Dict[str, SparseInferenceLinear], weight: torch.Tensor, token
 def _choose(layer: SparseMixin, weight: torch.Tensor, methods: Sequence[str], tokens: int,
             decode_tokens: Optional[int], repeats: int, generator: torch.Generator, cold: bool) -> MethodChoice:
     modules = {m: SparseInferenceLinear(weight, None, m, block) for m, block in _candidates(layer, weight, methods)}
-    many = {m: mod for m, mod in modules.items() if m != "numba_csr_rows"}  # rows kernel: few rows only
+    many = {m: mod for m, mod in modules.items() if m != "numba_sell"}  # few-rows kernel: decode only
     timings = _race(many or modules, weight, tokens, repeats, generator, cold=False)
     choice = MethodChoice(_pick(timings, [m for m in timings if timings[m] < float("inf")]), timings, [])
     if decode_tokens is None:

@@ -2,14 +2,16 @@
 
 A layer can hold two representations: the *main* one, for prefill / encoder inputs of many token rows, and a
 *few-rows* one for inputs of at most ``few_rows`` rows (the decode steps of generation with a KV cache, one token
-per sequence). Decoding is bound by reading the weight from memory, so there the compact CSR of
-``"numba_csr_rows"`` (values plus 16-bit column indices) wins, while for many rows the panel kernels' FMAs do.
+per sequence). Decoding reads every weight once per token, so there the SELL-8 layout of ``"numba_sell"`` (values
+plus 16-bit column indices, 8 rows per step; `hf_sparse.kernels._numba_rows`) wins, while for many rows the panel
+kernels' FMAs do.
 `hf_sparse.kernels.cpu.to_cpu_inference_` picks both by timing them.
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 import warnings
 from typing import Optional
 
@@ -19,13 +21,16 @@ from torch import nn
 
 from .panels import PackCache, pack, packed_view, sequence_panel, unpack
 
-METHODS = ("dense", "torch_csr", "torch_bsr", "numba_csr", "numba_bsr", "numba_csr_rows")
-NUMBA_METHODS = ("numba_csr", "numba_bsr", "numba_csr_rows")
+METHODS = ("dense", "torch_csr", "torch_bsr", "numba_csr", "numba_bsr", "numba_sell")
+NUMBA_METHODS = ("numba_csr", "numba_bsr", "numba_sell")
+#: Per Python thread: torch's thread count when Numba's was last set to follow it (``.torch``), and Numba's (``.numba``).
+_THREADS = threading.local()
 
 
 @functools.lru_cache(maxsize=None)
 def load_numba():
-    """``(numba, kernels module, None)`` or ``(None, None, reason)``; imported on first use because compiling and
+    """``(numba, kernels module, None)`` or ``(None, None, reason)`` (the module `_numba_spmm` also carries the
+    few-rows kernels of `_numba_rows`); imported on first use because compiling and
     loading Numba takes a noticeable fraction of a second that plain ``import hf_sparse`` should not pay."""
     try:  # optional dependency: `pip install hf_sparse[cpu-kernels]`
         import numba
@@ -81,8 +86,8 @@ class _Representation:
         elif method == "numba_csr":
             spmm = load_numba()[1]
             self.arrays = spmm.chunked_csr(weight, spmm.CSR_COLUMN_CHUNK)
-        elif method == "numba_csr_rows":
-            self.arrays = load_numba()[1].plain_csr(weight)
+        elif method == "numba_sell":
+            self.arrays = load_numba()[1].sell_pack(weight)
         else:
             bsr = to_sparse(weight, block_size)
             self.arrays = (bsr.crow_indices().to(torch.int32).numpy(), bsr.col_indices().to(torch.int32).numpy(),
@@ -144,20 +149,29 @@ class SparseInferenceLinear(nn.Module):
         y = torch.mm(rep.tensor, x.t()).t()
         return y if self.bias is None else y + self.bias
 
-    def _set_threads(self):
+    @staticmethod
+    def _set_threads():
+        """The Numba kernels module, with Numba's thread count following torch's (``OMP_NUM_THREADS`` /
+        ``torch.set_num_threads``) so both libraries agree. Numba's setting is per calling thread and costs a few
+        microseconds, a tenth of a decode-step layer, so it is only made when torch's count changed."""
         numba, spmm, _ = load_numba()
-        # Follow torch's thread setting (OMP_NUM_THREADS / torch.set_num_threads) so both libraries agree.
-        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+        threads = torch.get_num_threads()
+        if getattr(_THREADS, "torch", None) != threads:
+            _THREADS.numba = max(1, min(threads, numba.config.NUMBA_NUM_THREADS))
+            numba.set_num_threads(_THREADS.numba)
+            _THREADS.torch = threads
         return spmm
 
     def _rows_forward(self, rep: _Representation, x: torch.Tensor) -> torch.Tensor:
-        """``x W^T + b`` through the few-rows CSR kernel (row-major input and output, no packing)."""
-        spmm = self._set_threads()
+        """``x W^T + b`` through the few-rows SELL-8 kernel (row-major input and output, no packing)."""
+        rows = self._set_threads()
         x2 = x.reshape(-1, self.in_features).contiguous()
         y = torch.empty(x2.shape[0], self.out_features, dtype=x.dtype)
-        kernel = spmm.csr_rows_matmul if torch.get_num_threads() > 1 else spmm.csr_rows_matmul_serial
-        kernel(*rep.arrays, self._bias_array, x2.numpy(), y.numpy())
-        return y.reshape(*x.shape[:-1], self.out_features)
+        if _THREADS.numba > 1:
+            rows.sell_rows_matmul(*rep.arrays, self._bias_array, x2.numpy(), y.numpy(), _THREADS.numba)
+        else:
+            rows.sell_rows_matmul_serial(*rep.arrays, self._bias_array, x2.numpy(), y.numpy())
+        return y.view(*x.shape[:-1], self.out_features)
 
     def _panel_forward(self, rep: _Representation, x: torch.Tensor) -> torch.Tensor:
         """``x W^T + b`` through the Numba panel kernels (see `hf_sparse.kernels.panels`)."""
@@ -195,7 +209,7 @@ class SparseInferenceLinear(nn.Module):
         if not x.numel():
             return x.new_zeros(*x.shape[:-1], self.out_features)
         rep = self._few if self._few is not None and x.numel() <= self.few_rows * self.in_features else self._main
-        if rep.method == "numba_csr_rows":
+        if rep.method == "numba_sell":
             return self._rows_forward(rep, x)
         if rep.method in NUMBA_METHODS:
             return self._panel_forward(rep, x)
