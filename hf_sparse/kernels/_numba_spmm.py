@@ -23,7 +23,11 @@ import torch
 from numba import njit, prange
 
 # One handle for every kernel: `load_numba` imports this module only.
-from ._numba_rows import FEW_ROWS, sell_pack, sell_rows_matmul, sell_rows_matmul_serial  # noqa: F401
+from ._numba_rows import FEW_ROWS, sell_pack, sell_rows_matmul, sell_rows_matmul_serial
+
+__all__ = ["BSR_PANEL", "CSR_COLUMN_CHUNK", "CSR_PANEL", "FEW_ROWS", "ROW_GROUP", "bsr_panel_matmul", "chunked_csr",
+           "csr_panel_matmul", "panel_width", "sell_pack", "sell_rows_matmul", "sell_rows_matmul_serial",
+           "transpose_panels"]
 
 #: Widest token panel per kernel (measured best, see above); ``panel_width`` picks the width for an input.
 CSR_PANEL = 256
