@@ -242,3 +242,15 @@ def test_dict_settings_render_readably(tmp_path):
     record["sparsity_config"]["sparsity_pattern"] = {r".*attention\.self\.(query|key)": 0.5, r".*output\.dense": 0.8}
     text = mc.render_model_card(record).text
     assert r"| sparsity_pattern | `.*attention\.self\.(query\|key)`: 0.5; `.*output\.dense`: 0.8 |" in text
+
+
+def test_training_command_is_shown_only_when_given(tmp_path):
+    command = "hf-sparse reproduce --suite cpu --reference reproduction/reference_checkpoint"
+    text, record = _card(tmp_path, card_info={"training_command": command})
+    assert f"Trained with `{command}`." in text.split("## Sparsity", 1)[0]  # in the summary, at the top
+    assert record["card"]["training_command"] == command
+    assert str(mc.render_model_card(record)) == (tmp_path / "ck" / "README.md").read_text()
+    plain, _ = _card(tmp_path / "plain")
+    assert "Trained with" not in plain
+    with pytest.raises(ValueError, match="training_command"):
+        ckpt.save_pretrained(tiny_sparse_bert(), tmp_path / "bad", card_info={"training_command": ["hf-sparse"]})

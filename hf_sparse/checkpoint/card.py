@@ -27,7 +27,8 @@ PLACEHOLDER_PATTERNS = ("{{", "}}", "{%", "%}", "[More Information Needed]", "TO
 
 #: The ``card_info`` keys `save_pretrained` accepts (stored as ``record["card"]``).
 CARD_KEYS = ("algorithm", "base_model", "datasets", "eval_data", "eval_results", "intended_use", "language",
-             "license", "limitations", "model_name", "papers", "repo_id", "tags", "title", "training_data")
+             "license", "limitations", "model_name", "papers", "repo_id", "tags", "title", "training_command",
+             "training_data")
 #: `DynamicSparsityConfig` fields that only matter to algorithms that change masks (not to ``static``).
 SCHEDULE_FIELDS = ("num_updates", "update_interval", "prune_ratio", "prune_schedule", "start_fraction",
                    "end_fraction")
@@ -191,7 +192,7 @@ def prepare_card_info(card_info: Optional[Dict[str, Any]], today: Optional[str] 
         value = info.get(key)
         if value is not None and (isinstance(value, str) or not all(isinstance(v, str) for v in value)):
             raise ValueError(f"card_info[{key!r}]={value!r} must be a list of strings.")
-    for key in ("intended_use", "limitations"):
+    for key in ("intended_use", "limitations", "training_command"):
         if info.get(key) is not None and not isinstance(info[key], str):
             raise ValueError(f"card_info[{key!r}]={info[key]!r} must be a string.")
     unknown_papers = [k for k in info.get("papers") or [] if k not in PAPERS]
@@ -247,7 +248,8 @@ def render_model_card(record: Dict[str, Any], template_path: Optional[Union[str,
     Args:
         record: The dict `checkpoint.save_pretrained` writes to ``sparsity_config.json``. Its ``"card"`` entry
             may hold ``model_name``, ``base_model``, ``datasets``, ``language``, ``license``, ``algorithm``,
-            ``repo_id`` and ``eval_results`` (a list of ``huggingface_hub.EvalResult`` keyword dicts).
+            ``repo_id``, ``training_command`` (the command that trained it, shown in the summary only when given)
+            and ``eval_results`` (a list of ``huggingface_hub.EvalResult`` keyword dicts).
         template_path: A Jinja2 template; defaults to the packaged ``model_cards/sparse_model.md``.
 
     Returns:
@@ -298,6 +300,8 @@ def render_model_card(record: Dict[str, Any], template_path: Optional[Union[str,
     )
     if card.get("base_model"):
         summary += f" Base model: `{card['base_model']}`."
+    if card.get("training_command"):  # the command that trained it, so a reader can re-train it
+        summary += f" Trained with `{card['training_command']}`."
     eval_rows = [{"task": r.task_type, "dataset": r.dataset_name, "metric": r.metric_name or r.metric_type,
                   "value": _fmt(r.metric_value), "date": d} for r, d in zip(eval_results, eval_dates)]
     papers = [PAPERS[k] for k in papers_for(record)]

@@ -126,7 +126,8 @@ def save_pretrained(
             with config and split, listed in the card), ``eval_results`` (``huggingface_hub.EvalResult`` keyword
             dicts plus an optional ISO ``"date"``, default: today, UTC), ``papers`` (extra keys of
             `citations.PAPERS`), ``intended_use`` / ``limitations`` (extra text), ``license``, ``language``,
-            ``model_name``, ``title``, ``algorithm``, ``tags``, ``repo_id``.
+            ``model_name``, ``title``, ``algorithm``, ``tags``, ``repo_id``, ``training_command`` (the command
+            that trained it, shown in the card's summary).
         tokenizer: A tokenizer / processor saved alongside (anything with ``save_pretrained``).
         is_main_process: Whether this process writes; by default rank 0 of a ``torch.distributed`` /
             Accelerate run (the others return ``None`` without writing). With FSDP2-sharded weights

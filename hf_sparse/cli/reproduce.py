@@ -29,6 +29,11 @@ def add_reproduce_args(p: argparse.ArgumentParser) -> None:
                    help="Write the study document here (e.g. REPRODUCTION.md; figures go to reproduction/).")
     p.add_argument("--figures", default="reproduction",
                    help="Folder of the figures written with --write.")
+    p.add_argument("--reference", default=None, metavar="DIR",
+                   help="After the runs, re-train the sparse BERT arm with the lowest mean eval loss (seed 0), save "
+                        "it here as a sparse checkpoint and copy its model card to --card_dir (smoke / cpu only).")
+    p.add_argument("--card_dir", default="model_cards",
+                   help="Folder the reference checkpoint's model card is copied to (with --reference).")
 
 
 def run_reproduce(args: argparse.Namespace) -> int:
@@ -36,6 +41,8 @@ def run_reproduce(args: argparse.Namespace) -> int:
     from ..reproduction import gpu_commands, reproduce, write_document
 
     if args.suite == "gpu":
+        if args.reference:  # reported by `main` as a usage error, before anything runs
+            raise ValueError("--reference trains the checkpoint on this machine: use --suite smoke or cpu.")
         print("\n".join(gpu_commands()))
         return 0
     decisions = reproduce(args.suite, claims=args.claims, seeds=args.seeds, out_dir=args.out,
@@ -46,6 +53,13 @@ def run_reproduce(args: argparse.Namespace) -> int:
     if args.write:
         path = write_document(decisions, args.suite, args.out, args.data_dir, args.write, args.figures)
         print(f"wrote {path}")
+    if args.reference:
+        from ..reproduction import train_reference
+
+        info = train_reference(args.suite, out_dir=args.out, data_dir=args.data_dir, checkpoint_dir=args.reference,
+                               card_dir=args.card_dir, seeds=args.seeds)
+        print(f"reference {info['arm']}: eval loss {info['eval_loss']:.4f} (stored seed 0: "
+              f"{info['stored_seed0']:.4f}); checkpoint {info['checkpoint']}, card {info['card']}")
     return 0
 
 

@@ -7,11 +7,13 @@
 
 Modules: `regime` (data and vocabulary), `arms` (suite settings, one run's description, its hash), `claims`,
 `runner` (one run through `SparseTrainer`, stored atomically), `verdicts`, `study` (the suite loop), `plots`,
-`document`.
+`document`, `reference` (the best sparse BERT re-trained and saved with its model card).
 """
 
 from .claims import SUITES, Claim, Comparison, build_claims
 from .document import write_document
+from .reference import choose_reference, train_reference
 from .study import gpu_commands, reproduce
 
-__all__ = ["SUITES", "Claim", "Comparison", "build_claims", "gpu_commands", "reproduce", "write_document"]
+__all__ = ["SUITES", "Claim", "Comparison", "build_claims", "choose_reference", "gpu_commands", "reproduce",
+           "train_reference", "write_document"]

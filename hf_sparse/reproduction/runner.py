@@ -117,7 +117,8 @@ def _dense_train_flops(model: torch.nn.Module, suite: Suite) -> float:
     return float(count(model, seq_len=suite.corpus.seq_len, batch_size=suite.batch_size).dense_train) * suite.steps
 
 
-def train_arm(arm: Arm, suite: Suite, corpus: Corpus, seed: int, work_dir: os.PathLike) -> Dict[str, Any]:
+def train_arm(arm: Arm, suite: Suite, corpus: Corpus, seed: int, work_dir: os.PathLike,
+              keep_model: Optional[List[torch.nn.Module]] = None) -> Dict[str, Any]:
     """Trains and evaluates one arm with one seed; returns the measured result (not stored).
 
     Args:
@@ -126,6 +127,8 @@ def train_arm(arm: Arm, suite: Suite, corpus: Corpus, seed: int, work_dir: os.Pa
         corpus: The study corpus.
         seed: Seed of the model initialisation, masks, data order and MLM masking.
         work_dir: Scratch directory for the Trainer (nothing is saved there).
+        keep_model: A list the trained model is appended to (`reference.train_reference` saves it); the result
+            is the same either way.
 
     Returns:
         A JSON-ready dict: ``eval_loss``, ``train_flops``, ``dense_train_flops``, curves (``loss``, ``dof``),
@@ -179,6 +182,8 @@ def train_arm(arm: Arm, suite: Suite, corpus: Corpus, seed: int, work_dir: os.Pa
     }
     if not math.isfinite(result["eval_loss"]):
         logger.warning("Arm %s seed %d diverged (eval loss %s).", arm.label, seed, result["eval_loss"])
+    if keep_model is not None:
+        keep_model.append(model)
     return result
 
 
