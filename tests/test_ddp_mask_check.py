@@ -1,4 +1,5 @@
-"""DDP mask agreement: checked at train start (initial masks, also for ``static``) and after updates, with one hash
+"""DDP mask agreement: checked at train start (initial masks, also for ``static``; by the callback or by a
+`SparsityController` built in a user's loop) and after updates, with one hash
 per layer and a single all-gather. Two CPU processes over gloo, started with ``torch.multiprocessing``."""
 
 from __future__ import annotations
@@ -87,6 +88,19 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             result.append("start-missed")
         except RuntimeError as err:
             result.append("start-caught:" + str(err))
+
+        # A user's own loop: the controller itself checks the masks it is given.
+        from hf_sparse.controller import SparsityController
+
+        model = _model(seed=rank)
+        try:
+            SparsityController(model, torch.optim.SGD(model.parameters(), lr=0.1))
+            result.append("controller-missed")
+        except RuntimeError as err:
+            result.append("controller-caught:" + str(err))
+        model = _model(seed=0)
+        SparsityController(model, torch.optim.SGD(model.parameters(), lr=0.1))  # same masks: passes
+        result.append("controller-ok")
     except Exception:  # report any failure to the parent instead of hanging the other process
         result.append("error:" + traceback.format_exc())
     finally:
@@ -114,3 +128,5 @@ def test_two_gloo_processes_check_masks_at_start_and_after_updates(tmp_path):
         assert lines[1].startswith("moved-caught:") and "['b']" in lines[1] and "ranks [1]" in lines[1]
         assert "after a mask update" in lines[1]
         assert lines[2].startswith("start-caught:") and "at train start" in lines[2]
+        assert lines[3].startswith("controller-caught:") and "when the SparsityController was created" in lines[3]
+        assert lines[4] == "controller-ok"

@@ -62,6 +62,9 @@ class SparsityController:
         lr_already_scaled: Set when the caller already applied `sparse_lr` (the Trainer integration does).
         reset_optimizer_state: Zero the optimizer state of inactive weights now (pass ``False`` when a saved
             controller state is loaded next: the current masks are not the ones that state belongs to).
+        check_masks: Under DDP, check now that every process holds the same masks (one hash per layer, one
+            all-gather; `check_distributed_masks`); pass ``False`` when a saved state is loaded next and check
+            after loading (the Trainer integration does). Later mask updates are always checked.
 
     Example:
         >>> controller = SparsityController(model, optimizer, SparsityConfig(sparsity=0.9),
@@ -78,6 +81,7 @@ class SparsityController:
         *,
         lr_already_scaled: bool = False,
         reset_optimizer_state: bool = True,
+        check_masks: bool = True,
     ):
         model = unwrap_model(model)
         dynamic_config = dynamic_config if dynamic_config is not None else DynamicSparsityConfig(algorithm="static")
@@ -112,8 +116,10 @@ class SparsityController:
                     "apply_sparse_ift) before fully_shard."
                 )
             modules = sparsify_for_training_(model, sparsity_config, dynamic_config, optimizer)
-        if is_sharded(modules):
-            check_distributed_masks(modules, "before sharding the masks")
+        if is_sharded(modules) or check_masks:
+            # Different masks on different processes would silently train different models under DDP.
+            check_distributed_masks(modules, "before sharding the masks" if is_sharded(modules) else
+                                    "when the SparsityController was created")
         #: Whether the sparse weights are FSDP2 shards: updates then gather one layer at a time.
         self.sharded = shard_masks_(modules)
 

@@ -120,7 +120,7 @@ class SparsityCallback(TrainerCallback):
         total = int(state.max_steps)
         self.controller = SparsityController(
             model, optimizer, self.sparsity_config, self.dynamic_config, total_steps=max(total, 1),
-            lr_already_scaled=True, reset_optimizer_state=state.global_step == 0,
+            lr_already_scaled=True, reset_optimizer_state=state.global_step == 0, check_masks=False,
         )
         if state.global_step > 0:
             directory = self.resume_dir or os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
