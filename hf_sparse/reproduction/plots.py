@@ -102,12 +102,14 @@ def all_figures(decisions: Dict[str, Dict], folder: Path) -> Dict[str, Path]:
     """Every figure the study's document shows, by name (figures without data are skipped)."""
     made = {
         "loss_vs_flops_bert": loss_vs_flops(decisions, ["calibration-bert", "dynsparse-vs-static", "block-size",
-                                                        "sparse-lr-rule"], folder / "loss_vs_flops_bert.png",
+                                                        "sparse-lr-rule", "dynsparse-vs-static-eq3",
+                                                        "block-size-eq3"], folder / "loss_vs_flops_bert.png",
                                             "BERT MLM: loss vs training FLOPs (DynSparse Fig. 3 style)"),
         "loss_vs_flops_gpt2": loss_vs_flops(decisions, ["calibration-gpt2", "sparse-wide"],
                                             folder / "loss_vs_flops_gpt2.png", "GPT-2: loss vs training FLOPs"),
         "dof": dof_curves(decisions, "dof-random-vs-gradient", folder / "dof.png"),
         "block_size": bars(decisions, "block-size", folder / "block_size.png"),
+        "block_size_eq3": bars(decisions, "block-size-eq3", folder / "block_size_eq3.png"),
         "exploitation": bars(decisions, "exploitation", folder / "exploitation.png"),
         "nm": bars(decisions, "nm-vs-unstructured", folder / "nm.png"),
         "regularizers": bars(decisions, "regularizers", folder / "regularizers_threshold.png", metric="threshold"),
