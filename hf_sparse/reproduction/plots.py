@@ -30,18 +30,22 @@ def _save(fig, path: Path) -> Path:
 
 def loss_vs_flops(decisions: Dict[str, Dict], claim_ids: List[str], path: Path, title: str) -> Optional[Path]:
     """Eval loss (mean ± std over seeds) against training FLOPs of every arm of ``claim_ids``, Pareto front dashed."""
-    points = {}
+    points, seen = {}, set()
     for cid in claim_ids:
         for label, runs in decisions.get(cid, {}).get("runs", {}).items():
-            if runs:
+            # An arm shared by several claims (same runs under another label) is drawn once, under its first label.
+            key = tuple(r["eval_loss"] for r in runs)
+            if runs and key not in seen:
+                seen.add(key)
                 loss = Stat.of([r["eval_loss"] for r in runs])
                 points[label] = (sum(r["train_flops"] for r in runs) / len(runs), loss.mean, loss.std)
     if not points:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    for label, (flops, mean, std) in points.items():
-        ax.errorbar(flops, mean, yerr=std, fmt="o", capsize=3, label=label)
+    for i, (label, (flops, mean, std)) in enumerate(points.items()):
+        # Colours repeat after ten arms; the marker shape keeps every arm distinct.
+        ax.errorbar(flops, mean, yerr=std, fmt="osD^vP*X"[i % 8], capsize=3, label=label)
     front = pareto_front([(f, m) for f, m, _ in points.values()])
     ax.plot([p[0] for p in front], [p[1] for p in front], "k--", lw=0.8, label="Pareto front")
     ax.set_xscale("log")
