@@ -1,7 +1,8 @@
 """Batch-1 greedy generation on the CPU: dense vs `to_cpu_inference_`, tokens/s ratios from interleaved runs.
 
 Run: ``python benchmarks/bench_generation.py [--layers 6] [--embd 768] [--vocab 4096] [--prompt 32] [--new 48]
-[--batch 1] [--repeats 5] [--sparsity 0.75 0.9 0.95] [--structures unstructured block16] [--threads N]``
+[--batch 1] [--repeats 5] [--sparsity 0.75 0.9 0.95] [--structures unstructured block16] [--threads N]
+[--rounds R]``
 
 For every (structure, sparsity) it builds a GPT-2-small-shaped causal LM from its config (random weights, no
 download; the tied LM head stays dense), sparsifies its linear layers with magnitude masks, converts a copy with
@@ -9,12 +10,16 @@ download; the tied LM head stays dense), sparsifies its linear layers with magni
 ``generate(do_sample=False)`` under ``torch.inference_mode()`` on the dense model (same zeros, plain GEMMs) and the
 converted one in turn, ``--repeats`` times each (`hf_sparse.kernels.benchmark_generation`). It prints median tokens/s of both, their ratio, whether the greedy tokens are identical,
 and the representation chosen per layer kind (prefill / decode). On a shared machine compare rows of one run.
+``--rounds R`` measures the whole table ``R`` times (each round converts afresh, so the measured races run again) and
+ends with the median and range of every cell's speedup: on this noisy 2-core machine single runs of one cell spread
+by ±15%.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import statistics
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
@@ -36,15 +41,15 @@ def build(args, structure: str, sparsity: float) -> GPT2LMHeadModel:
     return sparsify_(model, SparsityConfig(sparsity=sparsity, mask_init="magnitude", **STRUCTURES[structure]))
 
 
-def run(args, structure: str, sparsity: float) -> str:
+def run(args, structure: str, sparsity: float):
     model = build(args, structure, sparsity)
     result = benchmark_generation(model, batch_size=args.batch, prompt_len=args.prompt, new_tokens=args.new,
                                   repeats=args.repeats)
     d, s = result.new_tokens / result.dense_seconds, result.new_tokens / result.sparse_seconds
     methods = " ".join(f"{key.split(' ')[0]}:{SHORT[c.method]}/{SHORT.get(c.decode_method, '-')}"
                        for key, c in result.choices.items())
-    return (f"{structure:<13}{sparsity:>9.2f}{d:>10.1f}{s:>11.1f}{result.speedup:>8.2f}x"
-            f"{'yes' if result.same_tokens else 'NO':>6}  {methods}")
+    return result, (f"{structure:<13}{sparsity:>9.2f}{d:>10.1f}{s:>11.1f}{result.speedup:>8.2f}x"
+                    f"{'yes' if result.same_tokens else 'NO':>6}  {methods}")
 
 
 def main() -> None:
@@ -59,7 +64,10 @@ def main() -> None:
     parser.add_argument("--sparsity", type=float, nargs="+", default=[0.75, 0.9, 0.95])
     parser.add_argument("--structures", nargs="+", choices=sorted(STRUCTURES), default=["unstructured", "block16"])
     parser.add_argument("--threads", type=int, default=None, help="torch/numba threads (default: all cores)")
+    parser.add_argument("--rounds", type=int, default=1, help="measure the whole table this many times")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}.")
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
@@ -69,9 +77,20 @@ def main() -> None:
           f"{'on' if numba_available() else 'off'}, median of {args.repeats} interleaved runs, inference_mode")
     print(f"{'structure':<13}{'sparsity':>9}{'dense t/s':>10}{'sparse t/s':>11}{'speedup':>9}{'same':>6}"
           "  prefill/decode method per layer kind")
-    for structure in args.structures:
-        for sparsity in args.sparsity:
-            print(run(args, structure, sparsity), flush=True)
+    speedups, all_same = {}, True
+    for _ in range(args.rounds):
+        for structure in args.structures:
+            for sparsity in args.sparsity:
+                result, line = run(args, structure, sparsity)
+                speedups.setdefault((structure, sparsity), []).append(result.speedup)
+                all_same &= result.same_tokens
+                print(line, flush=True)
+    if args.rounds > 1:
+        print(f"\nspeedup over {args.rounds} rounds: median (min-max); greedy tokens identical in every run: "
+              f"{'yes' if all_same else 'NO'}")
+        for (structure, sparsity), values in speedups.items():
+            print(f"{structure:<13}{sparsity:>9.2f}  {statistics.median(values):.2f}x "
+                  f"({min(values):.2f}-{max(values):.2f})")
 
 
 if __name__ == "__main__":
