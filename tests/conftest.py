@@ -68,7 +68,8 @@ class TinyMLP(nn.Module):
         return self.head(torch.relu(self.b(torch.relu(self.a(x)))))
 
 
-def train_with_controller(model, opt, ctrl, steps, start=1):
+def train_with_controller(model, opt, ctrl, steps, start=1, check=None):
+    """``steps`` seeded MSE steps of `TinyMLP` through ``ctrl``; ``check(step)`` runs after each one when given."""
     for step in range(start, start + steps):
         g = torch.Generator().manual_seed(step)
         x, y = torch.randn(8, 16, generator=g), torch.randn(8, 2, generator=g)
@@ -76,3 +77,5 @@ def train_with_controller(model, opt, ctrl, steps, start=1):
         opt.step()
         opt.zero_grad()
         ctrl.step(step)
+        if check is not None:
+            check(step)

@@ -11,7 +11,7 @@ from hf_sparse.algorithms import ALGORITHM_REGISTRY, cubic_density, movement_gra
 from hf_sparse.config import DynamicSparsityConfig, SparsityConfig
 from hf_sparse.controller import SparsityController
 from hf_sparse.structure import MaskStructure, num_active
-from conftest import TinyMLP
+from conftest import TinyMLP, train_with_controller
 
 
 class One(nn.Module):
@@ -26,16 +26,7 @@ class One(nn.Module):
 Tiny = TinyMLP
 
 
-def train(model, opt, ctrl, steps, start=1, check=None):
-    for step in range(start, start + steps):
-        g = torch.Generator().manual_seed(step)
-        x, y = torch.randn(8, 16, generator=g), torch.randn(8, 2, generator=g)
-        nn.functional.mse_loss(model(x), y).backward()
-        opt.step()
-        opt.zero_grad()
-        ctrl.step(step)
-        if check is not None:
-            check(step)
+train = train_with_controller
 
 
 def test_registered():
