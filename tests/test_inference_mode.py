@@ -91,11 +91,16 @@ def test_few_rows_representation_per_row_count():
     bias = torch.randn(48)
     layer = SparseInferenceLinear(weight, bias, "numba_csr", few_rows_method="numba_sell", few_rows=4)
     assert layer.few_rows == 4 and "numba_sell (<= 4 rows)" in repr(layer)
-    assert layer._few.arrays[2].dtype.itemsize == 2  # 16-bit column indices
+    assert layer._few.arrays[2].dtype.itemsize == 1  # 8-bit column steps
     with torch.inference_mode():
         for shape in [(1, 40), (1, 1, 40), (2, 2, 40), (5, 40), (3, 33, 40)]:
             x = torch.randn(*shape)
             torch.testing.assert_close(layer(x), F.linear(x, weight, bias), rtol=1e-5, atol=1e-5)
+        strided = torch.randn(40, 3).t()  # 3 rows that are not contiguous
+        torch.testing.assert_close(layer(strided), F.linear(strided, weight, bias), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # an input that requires grad is fine while grad is off
+        x = torch.randn(2, 40, requires_grad=True)
+        torch.testing.assert_close(layer(x), F.linear(x, weight, bias), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="few_rows=0"):
         SparseInferenceLinear(weight, bias, "numba_csr", few_rows_method="numba_sell")
 

@@ -23,15 +23,31 @@ def test_sell_pack_layout_by_hand():
                            [1.0, 2.0, 3.0],
                            [0.0, 0.0, 0.0],
                            [4.0, 0.0, 6.0]])
-    slice_ptr, perm, indices, data = _rows().sell_pack(weight)
+    slice_ptr, perm, steps, data = _rows().sell_pack(weight)
     # Rows sorted by count (3, 2, 1, 0), stable: 1, 3, 0, 2; one slice of 3 steps (its longest row), 8 lanes each.
     assert perm.tolist() == [1, 3, 0, 2]
     assert slice_ptr.tolist() == [0, 3]
-    assert indices.dtype == np.uint16 and data.dtype == np.float32 and data.shape == (24,)
-    steps = data.reshape(3, 8)
-    assert steps[:, :4].tolist() == [[1.0, 4.0, 5.0, 0.0], [2.0, 6.0, 0.0, 0.0], [3.0, 0.0, 0.0, 0.0]]
-    assert indices.reshape(3, 8)[:, :4].tolist() == [[0, 0, 1, 0], [1, 2, 0, 0], [2, 0, 0, 0]]
-    assert not steps[:, 4:].any()  # lanes of rows that do not exist stay zero
+    assert steps.dtype == np.uint8 and data.dtype == np.float32 and data.shape == (24,)
+    values = data.reshape(3, 8)
+    assert values[:, :4].tolist() == [[1.0, 4.0, 5.0, 0.0], [2.0, 6.0, 0.0, 0.0], [3.0, 0.0, 0.0, 0.0]]
+    # Column steps: row 1 has columns 0, 1, 2; row 3 columns 0, 2; row 0 column 1; padding steps are 0.
+    assert steps.reshape(3, 8)[:, :4].tolist() == [[0, 0, 1, 0], [1, 2, 0, 0], [1, 0, 0, 0]]
+    assert not values[:, 4:].any() and not steps.reshape(3, 8)[:, 4:].any()  # lanes of absent rows stay zero
+
+
+def test_sell_pack_bridges_long_gaps_with_fillers():
+    weight = torch.zeros(2, 1000)
+    weight[0, 300] = 1.0  # first column 300 = 255 + 45: one filler
+    weight[0, 301] = 2.0
+    weight[0, 900] = 3.0  # gap 599 = 255 + 255 + 89: two fillers
+    weight[1, 255] = 4.0  # exactly 255: no filler
+    slice_ptr, perm, steps, data = _rows().sell_pack(weight)
+    assert perm.tolist() == [0, 1] and slice_ptr.tolist() == [0, 6]
+    lanes = steps.reshape(6, 8)
+    assert lanes[:, 0].tolist() == [255, 45, 1, 255, 255, 89]
+    assert data.reshape(6, 8)[:, 0].tolist() == [0.0, 1.0, 2.0, 0.0, 0.0, 3.0]
+    assert lanes[:, 1].tolist() == [255, 0, 0, 0, 0, 0] and data.reshape(6, 8)[:, 1].tolist()[:2] == [4.0, 0.0]
+    assert np.cumsum(lanes[:, 0])[[1, 2, 5]].tolist() == [300, 301, 900]  # the running sums are the columns
 
 
 def _weights():
@@ -61,13 +77,42 @@ def test_sell_rows_matmul_matches_dense(threads, tokens):
         torch.testing.assert_close(torch.from_numpy(y), F.linear(x, weight, bias), rtol=1e-5, atol=1e-5, msg=name)
 
 
-def test_wide_inputs_use_32_bit_columns():
+def test_wide_inputs_past_16_bit_columns():
     weight = torch.zeros(3, 70_000)
     weight[0, 69_999] = 2.0
     weight[2, 65_536] = -1.0
-    slice_ptr, perm, indices, data = _rows().sell_pack(weight)
-    assert indices.dtype == np.int32
+    weight[2, 65_537] = 0.5
+    slice_ptr, perm, steps, data = _rows().sell_pack(weight)
+    assert data.size == 8 * (69_999 // 255 + 1)  # the first row's fillers set the slice's length
     x = torch.randn(1, 70_000)
     y = np.empty((1, 3), dtype=np.float32)
-    _rows().sell_rows_matmul(slice_ptr, perm, indices, data, np.zeros(3, np.float32), x.numpy(), y, 2)
+    _rows().sell_rows_matmul(slice_ptr, perm, steps, data, np.zeros(3, np.float32), x.numpy(), y, 2)
     torch.testing.assert_close(torch.from_numpy(y), F.linear(x, weight))
+
+
+@pytest.mark.parametrize("density", [0.02, 0.1, 1.0])
+def test_scalar_and_gather_slice_sums_agree(density):
+    """Both step loops, called directly: the kernels compile only the one this CPU uses."""
+    from hf_sparse.kernels import _simd
+
+    torch.manual_seed(1)
+    weight = torch.randn(16, 600) * (torch.rand(16, 600) < density)
+    slice_ptr, perm, steps, data = _rows().sell_pack(weight)
+    x = torch.randn(600).numpy()
+    expected = F.linear(torch.from_numpy(x), weight)[torch.from_numpy(perm).long()].numpy()
+    loops = [_rows().slice_sums_scalar] + ([_simd.slice_sums_gather] if _simd.HAS_AVX2 else [])
+    for loop in loops:
+        for g in range(2):
+            sums = np.full(8, np.nan, dtype=np.float32)
+            loop(data, steps, x, int(slice_ptr[g]) * 8, int(slice_ptr[g + 1]) * 8, sums)
+            np.testing.assert_allclose(sums, expected[8 * g:8 * g + 8], rtol=1e-5, atol=1e-5)
+
+
+def test_gather_intrinsic_refuses_other_dtypes():
+    from numba.core.errors import TypingError
+
+    from hf_sparse.kernels import _simd
+
+    ok = np.zeros(8, np.float32)
+    with pytest.raises(TypingError, match="deltas must be a 1-D C-contiguous uint8"):
+        _simd.slice_sums_gather(ok, np.zeros(8, np.uint16), ok, 0, 8, ok)

@@ -8,8 +8,8 @@ its masked weight in one of:
   (the ``F.linear(X, W_sparse)`` form is several times *slower* than dense, so it is never used);
 - ``"numba_csr"`` / ``"numba_bsr"``: our own Numba panel kernels (`hf_sparse.kernels._numba_spmm`), available
   with the ``cpu-kernels`` extra;
-- ``"numba_sell"``: our Numba SELL-8 kernel for a few token rows (16-bit column indices), for the decode steps of
-  generation, where reading the weight from memory is the whole cost.
+- ``"numba_sell"``: our Numba SELL-8 kernel for a few token rows (8-bit column steps, AVX2 gathers), for the
+  decode steps of generation, where reading the weight from memory is the whole cost.
 
 The choice is made by timing every applicable candidate on a calibration activation for each distinct layer
 kind (shape, structure, density) and keeping the fastest one whose output matches the dense masked product; a

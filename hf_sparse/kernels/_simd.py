@@ -1,0 +1,93 @@
+"""One SIMD building block Numba cannot express by itself: a SELL-8 slice's 8 row sums with AVX2 gathers.
+
+Numba (through LLVM) vectorises loops over contiguous data, but not the sparse mat-vec's gather from the
+activation: written as 8 scalar running sums, a SELL-8 step is 8 index loads, 8 activation loads and 8 value
+loads, while AVX2 does it as one 8-byte delta load, one vector add, one ``vgatherdps`` and one 32-byte value load.
+`slice_sums_gather` emits that loop as LLVM IR through a Numba intrinsic. It uses the x86 intrinsic
+``llvm.x86.avx2.gather.d.ps.256`` (32-bit indices scaled by 4 from one base pointer), so it is only compiled where
+`HAS_AVX2` says the CPU has the instruction; elsewhere `hf_sparse.kernels._numba_rows` uses its scalar loop.
+"""
+
+from __future__ import annotations
+
+import platform
+
+import numba
+from llvmlite import binding as llvm
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
+
+
+def _host_has_avx2() -> bool:
+    """Whether Numba compiles for a CPU with AVX2: an x86-64 host, and no ``NUMBA_CPU_NAME`` that may lack it."""
+    if platform.machine().lower() not in ("x86_64", "amd64") or numba.config.CPU_NAME not in (None, "host"):
+        return False
+    try:
+        return "+avx2" in llvm.get_host_cpu_features().flatten().split(",")
+    except RuntimeError:  # llvmlite cannot read the features on this host
+        return False
+
+
+#: Whether `slice_sums_gather` can be used on this machine.
+HAS_AVX2 = _host_has_avx2()
+
+
+@intrinsic
+def _gather_loop(typingctx, data, deltas, x, q0, q1, sums):  # pragma: no cover - runs at compile time
+    """``sums[l] = sum over entries q0 + l, q0 + 8 + l, ... < q1 of data[q] * x[col]``, ``col`` the running sum of
+    ``deltas`` of lane ``l`` (see `hf_sparse.kernels._numba_rows.sell_pack`)."""
+    arrays = {"data": (data, types.float32), "deltas": (deltas, types.uint8), "x": (x, types.float32),
+              "sums": (sums, types.float32)}
+    for name, (array, dtype) in arrays.items():  # the IR below assumes these: refuse anything else at typing
+        if not (isinstance(array, types.Array) and array.ndim == 1 and array.layout == "C" and array.dtype == dtype):
+            raise numba.core.errors.TypingError(f"{name} must be a 1-D C-contiguous {dtype} array, got {array}")
+    signature = types.void(data, deltas, x, types.int64, types.int64, sums)
+
+    def codegen(context, builder, sig, args):
+        f32, i32, i8, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(8), ir.IntType(64)
+        v8f, v8i, v8b = ir.VectorType(f32, 8), ir.VectorType(i32, 8), ir.VectorType(i8, 8)
+        data_ptr, delta_ptr, x_ptr, sums_ptr = (context.make_array(sig.args[i])(context, builder, args[i]).data
+                                                for i in (0, 1, 2, 5))
+        module = builder.module
+        gather_type = ir.FunctionType(v8f, [v8f, i8.as_pointer(), v8i, v8f, i8])
+        name = "llvm.x86.avx2.gather.d.ps.256"
+        gather = module.globals.get(name) or ir.Function(module, gather_type, name)
+        x_bytes = builder.bitcast(x_ptr, i8.as_pointer())
+        all_lanes = ir.Constant(v8f, [ir.Constant(f32, -1.0)] * 8)  # a lane is gathered when its sign bit is set
+        zeros = ir.Constant(v8f, [ir.Constant(f32, 0.0)] * 8)
+        start = builder.block
+        head = builder.append_basic_block("sell.head")
+        body = builder.append_basic_block("sell.body")
+        done = builder.append_basic_block("sell.done")
+        builder.branch(head)
+        builder.position_at_end(head)
+        q = builder.phi(i64)
+        acc = builder.phi(v8f)
+        col = builder.phi(v8i)
+        q.add_incoming(args[3], start)
+        acc.add_incoming(zeros, start)
+        col.add_incoming(ir.Constant(v8i, [ir.Constant(i32, 0)] * 8), start)
+        builder.cbranch(builder.icmp_signed("<", q, args[4]), body, done)
+        builder.position_at_end(body)
+        values = builder.load(builder.bitcast(builder.gep(data_ptr, [q]), v8f.as_pointer()), align=4)
+        steps = builder.load(builder.bitcast(builder.gep(delta_ptr, [q]), v8b.as_pointer()), align=1)
+        next_col = builder.add(col, builder.zext(steps, v8i))
+        xs = builder.call(gather, [zeros, x_bytes, next_col, all_lanes, ir.Constant(i8, 4)])
+        next_acc = builder.fadd(acc, builder.fmul(values, xs, flags=("fast",)), flags=("fast",))
+        q.add_incoming(builder.add(q, ir.Constant(i64, 8)), body)
+        acc.add_incoming(next_acc, body)
+        col.add_incoming(next_col, body)
+        builder.branch(head)
+        builder.position_at_end(done)
+        builder.store(acc, builder.bitcast(sums_ptr, v8f.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return signature, codegen
+
+
+@njit(boundscheck=False, cache=True)
+def slice_sums_gather(data, deltas, x, q0, q1, sums):  # pragma: no cover - compiled
+    """The 8 lane sums of SELL-8 entries ``q0 .. q1`` (multiples of 8) into ``sums`` (fp32 ``[8]``), with AVX2
+    gathers; only call it when `HAS_AVX2`. ``data`` fp32 and ``deltas`` uint8 are C-contiguous, ``x`` one fp32 row."""
+    _gather_loop(data, deltas, x, q0, q1, sums)
