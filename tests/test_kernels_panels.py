@@ -129,12 +129,14 @@ def test_chunked_csr_hand_computed():
 
 
 @pytest.mark.parametrize("chunk", [3, 16, 64])
-def test_csr_kernel_with_column_chunks_equals_dense(chunk):
+@pytest.mark.parametrize("panel", [5, 8, 32, 64, 120, 200])  # register blocks of 64/32/16/8 tokens, then a tail
+def test_csr_kernel_with_column_chunks_equals_dense(chunk, panel):
     torch.manual_seed(1)
     weight = torch.randn(300, 40) * (torch.rand(300, 40) < 0.2)  # more rows than one row group
+    weight[7] = 0  # a row without non-zeros keeps its bias
     bias = torch.randn(300)
-    x = torch.randn(3, 40, 32)
-    yp = torch.empty(3, 300, 32)
+    x = torch.randn(3, 40, panel)
+    yp = torch.empty(3, 300, panel)
     _spmm().csr_panel_matmul(*_spmm().chunked_csr(weight, chunk), bias.numpy(), x.numpy(), yp.numpy())
     expected = torch.einsum("ok,ckj->coj", weight, x) + bias[None, :, None]
     torch.testing.assert_close(yp, expected, rtol=1e-5, atol=1e-5)
