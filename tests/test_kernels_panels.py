@@ -3,6 +3,7 @@ column-chunked CSR format — each against a hand-computed or dense reference.""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -140,6 +141,12 @@ def test_csr_kernel_with_column_chunks_equals_dense(chunk, panel):
     _spmm().csr_panel_matmul(*_spmm().chunked_csr(weight, chunk), bias.numpy(), x.numpy(), yp.numpy())
     expected = torch.einsum("ok,ckj->coj", weight, x) + bias[None, :, None]
     torch.testing.assert_close(yp, expected, rtol=1e-5, atol=1e-5)
+    # The row-major variant writes [tokens, out] itself; the last panel holds only 2 of its tokens.
+    tokens = 2 * panel + 2
+    y = np.full((tokens, 300), np.nan, dtype=np.float32)
+    _spmm().csr_panel_matmul_rows(*_spmm().chunked_csr(weight, chunk), bias.numpy(), x.numpy(), y)
+    rows = expected.transpose(1, 2).reshape(-1, 300)[:tokens]
+    torch.testing.assert_close(torch.from_numpy(y), rows, rtol=1e-5, atol=1e-5)
 
 
 def test_layer_uses_column_chunks():

@@ -26,8 +26,8 @@ from ._numba_rows import FEW_ROWS, sell_pack, sell_rows_matmul, sell_rows_matmul
 from ._simd import panel_row_8, panel_row_16, panel_row_32, panel_row_64, panel_row_64_of_64
 
 __all__ = ["BSR_PANEL", "CSR_COLUMN_CHUNK", "CSR_PANEL", "FEW_ROWS", "ROW_GROUP", "bsr_panel_matmul", "chunked_csr",
-           "csr_panel_matmul", "panel_width", "sell_pack", "sell_rows_matmul", "sell_rows_matmul_serial",
-           "transpose_panels"]
+           "csr_panel_matmul", "csr_panel_matmul_rows", "panel_width", "sell_pack", "sell_rows_matmul",
+           "sell_rows_matmul_serial", "transpose_panels"]
 
 #: Widest token panel per kernel (measured best, see above); ``panel_width`` picks the width for an input.
 #: The CSR kernel's register sums cover exactly 64 tokens.
@@ -43,6 +43,50 @@ CSR_COLUMN_CHUNK = 128
 _FASTMATH = {"contract", "nnan", "ninf", "nsz", "arcp", "reassoc"}
 
 
+@njit(fastmath=_FASTMATH, boundscheck=False, cache=True)
+def _csr_rows(ptr, indices, data, bias, xc, acc_rows, row0, g0, g1):  # pragma: no cover - compiled
+    """Output rows ``g0 .. g1`` of one panel ``xc`` ``[in, panel]`` into ``acc_rows[o - row0]`` (see
+    `csr_panel_matmul`): each row starts at its bias, then the column chunks are swept in order."""
+    panel = xc.shape[1]
+    out = bias.shape[0]
+    n_col_chunks = (ptr.shape[0] - 1) // out
+    for o in range(g0, g1):
+        acc = acc_rows[o - row0]
+        b = bias[o]
+        for j in range(panel):
+            acc[j] = b
+    vec_end = panel - panel % 8
+    for q in range(n_col_chunks):
+        for o in range(g0, g1):
+            p = ptr[q * out + o]
+            end = ptr[q * out + o + 1]
+            if p == end:
+                continue
+            acc = acc_rows[o - row0]
+            if panel == 64:  # CSR_PANEL: the common case, with the row stride compiled in
+                panel_row_64_of_64(data, indices, xc, p, end, 0, acc)
+                continue
+            s = 0
+            while s + 64 <= vec_end:
+                panel_row_64(data, indices, xc, p, end, s, acc)
+                s += 64
+            if s + 32 <= vec_end:
+                panel_row_32(data, indices, xc, p, end, s, acc)
+                s += 32
+            if s + 16 <= vec_end:
+                panel_row_16(data, indices, xc, p, end, s, acc)
+                s += 16
+            if s + 8 <= vec_end:
+                panel_row_8(data, indices, xc, p, end, s, acc)
+                s += 8
+            if s < panel:  # a packed output's panel is one sequence, of any length
+                for k in range(p, end):
+                    v = data[k]
+                    xr = xc[indices[k]]
+                    for j in range(s, panel):
+                        acc[j] += v * xr[j]
+
+
 @njit(parallel=True, fastmath=_FASTMATH, boundscheck=False, cache=True)
 def csr_panel_matmul(ptr, indices, data, bias, xp, yp):  # pragma: no cover - compiled
     """``yp[c, o, :] = bias[o] + sum_p data[p] * xp[c, indices[p], :]`` over row ``o``'s non-zeros (fp32).
@@ -51,50 +95,35 @@ def csr_panel_matmul(ptr, indices, data, bias, xp, yp):  # pragma: no cover - co
     in chunk ``q``. A task owns ``ROW_GROUP`` output rows of one panel and sweeps the chunks in order, so the rows
     of the activation it streams (one chunk of the panel) stay in cache while every row of the group uses them.
     """
-    nchunks, _, panel = xp.shape
     out = bias.shape[0]
-    n_col_chunks = (ptr.shape[0] - 1) // out
     groups = (out + ROW_GROUP - 1) // ROW_GROUP
-    for t in prange(nchunks * groups):
+    for t in prange(xp.shape[0] * groups):
+        c = t // groups
+        g0 = (t - c * groups) * ROW_GROUP
+        _csr_rows(ptr, indices, data, bias, xp[c], yp[c], 0, g0, min(out, g0 + ROW_GROUP))
+
+
+@njit(parallel=True, fastmath=_FASTMATH, boundscheck=False, cache=True)
+def csr_panel_matmul_rows(ptr, indices, data, bias, xp, y):  # pragma: no cover - compiled
+    """`csr_panel_matmul` with a row-major output ``y`` ``[tokens, out]`` (``tokens <= panels * panel``).
+
+    Each task's ``ROW_GROUP x panel`` sums are transposed into ``y`` while they are still in cache, which spares the
+    separate un-packing pass over the whole output (`hf_sparse.kernels.panels.unpack`).
+    """
+    panels, _, panel = xp.shape
+    tokens = y.shape[0]
+    out = bias.shape[0]
+    groups = (out + ROW_GROUP - 1) // ROW_GROUP
+    for t in prange(panels * groups):
         c = t // groups
         g0 = (t - c * groups) * ROW_GROUP
         g1 = min(out, g0 + ROW_GROUP)
-        xc = xp[c]
-        for o in range(g0, g1):
-            acc = yp[c, o]
-            b = bias[o]
-            for j in range(panel):
-                acc[j] = b
-        vec_end = panel - panel % 8
-        for q in range(n_col_chunks):
-            for o in range(g0, g1):
-                p = ptr[q * out + o]
-                end = ptr[q * out + o + 1]
-                if p == end:
-                    continue
-                acc = yp[c, o]
-                if panel == 64:  # CSR_PANEL: the common case, with the row stride compiled in
-                    panel_row_64_of_64(data, indices, xc, p, end, 0, acc)
-                    continue
-                s = 0
-                while s + 64 <= vec_end:
-                    panel_row_64(data, indices, xc, p, end, s, acc)
-                    s += 64
-                if s + 32 <= vec_end:
-                    panel_row_32(data, indices, xc, p, end, s, acc)
-                    s += 32
-                if s + 16 <= vec_end:
-                    panel_row_16(data, indices, xc, p, end, s, acc)
-                    s += 16
-                if s + 8 <= vec_end:
-                    panel_row_8(data, indices, xc, p, end, s, acc)
-                    s += 8
-                if s < panel:  # a packed output's panel is one sequence, of any length
-                    for k in range(p, end):
-                        v = data[k]
-                        xr = xc[indices[k]]
-                        for j in range(s, panel):
-                            acc[j] += v * xr[j]
+        block = np.empty((g1 - g0, panel), dtype=np.float32)
+        _csr_rows(ptr, indices, data, bias, xp[c], block, g0, g0, g1)
+        for j in range(min(panel, tokens - c * panel)):
+            row = y[c * panel + j]
+            for r in range(g1 - g0):
+                row[g0 + r] = block[r, j]
 
 
 def chunked_csr(weight: torch.Tensor, column_chunk: int) -> tuple:

@@ -191,10 +191,15 @@ class SparseInferenceLinear(nn.Module):
             else:
                 xp = pack(x.reshape(-1, x.shape[-1]), panel, spmm.transpose_panels)
         panels, _, panel = xp.shape
+        packed = self.packed_output and seq is not None and panel == seq
+        if rep.method == "numba_csr" and not packed:  # the kernel writes the row-major output itself
+            y = np.empty((x.numel() // self.in_features, self.out_features), dtype=np.float32)
+            spmm.csr_panel_matmul_rows(*rep.arrays, self._bias_array, xp.numpy(), y)
+            return torch.from_numpy(y).view(*x.shape[:-1], self.out_features)
         yp = torch.empty(panels, self.out_features, panel, dtype=x.dtype)
         kernel = spmm.csr_panel_matmul if rep.method == "numba_csr" else spmm.bsr_panel_matmul
         kernel(*rep.arrays, self._bias_array, xp.numpy(), yp.numpy())
-        if self.packed_output and seq is not None and panel == seq:
+        if packed:
             return yp.transpose(1, 2)  # [batch, seq, out] view, already holding the bias
         y = unpack(yp, x.numel() // self.in_features, spmm.transpose_panels)
         return y.reshape(*x.shape[:-1], self.out_features)
