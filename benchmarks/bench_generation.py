@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import statistics
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
@@ -27,6 +26,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from hf_sparse.config import SparsityConfig
 from hf_sparse.kernels import benchmark_generation, numba_available
 from hf_sparse.patching import sparsify_
+
+from _rounds import print_rounds  # benchmarks/_rounds.py, next to this script
 
 STRUCTURES = {"unstructured": dict(structure="unstructured"), "block16": dict(structure="block", block_size=16)}
 SHORT = {"dense": "dense", "torch_csr": "tcsr", "torch_bsr": "tbsr", "numba_csr": "csr", "numba_bsr": "bsr",
@@ -86,11 +87,7 @@ def main() -> None:
                 all_same &= result.same_tokens
                 print(line, flush=True)
     if args.rounds > 1:
-        print(f"\nspeedup over {args.rounds} rounds: median (min-max); greedy tokens identical in every run: "
-              f"{'yes' if all_same else 'NO'}")
-        for (structure, sparsity), values in speedups.items():
-            print(f"{structure:<13}{sparsity:>9.2f}  {statistics.median(values):.2f}x "
-                  f"({min(values):.2f}-{max(values):.2f})")
+        print_rounds(speedups, f"; greedy tokens identical in every run: {'yes' if all_same else 'NO'}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -137,11 +138,13 @@ def test_benchmark_inference_leaves_model_untouched():
 @pytest.mark.slow
 def test_benchmark_script_runs():
     cmd = [sys.executable, str(REPO / "benchmarks" / "bench_cpu_inference.py"), "--layers", "1", "--batch", "1",
-           "--seq", "8", "--sparsity", "0.9", "--structures", "block16", "--repeats", "1"]
+           "--seq", "8", "--sparsity", "0.9", "--structures", "block16", "--repeats", "1", "--rounds", "2"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO,
                          env={**os.environ, "PYTHONPATH": str(REPO)})
     assert out.returncode == 0, out.stderr
-    assert "block16" in out.stdout and "x" in out.stdout.splitlines()[-1]
+    lines = out.stdout.splitlines()
+    assert sum(line.startswith("block16") for line in lines) == 3  # two rounds, then the summary row
+    assert "speedup over 2 rounds" in out.stdout and re.match(r"block16\s+0\.90\s+[\d.]+x \([\d.]+-[\d.]+\)", lines[-1])
 
 
 def test_without_numba_falls_back_to_pytorch_representations():
