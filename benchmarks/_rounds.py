@@ -17,4 +17,5 @@ def print_rounds(speedups: Dict[Tuple[str, float], List[float]], note: str = "")
     rounds = max(len(v) for v in speedups.values())
     print(f"\nspeedup over {rounds} rounds: median (min-max){note}")
     for (structure, sparsity), values in speedups.items():
-        print(f"{structure:<13}{sparsity:>9.2f}  {statistics.median(values):.2f}x ({min(values):.2f}-{max(values):.2f})")
+        low, high = min(values), max(values)
+        print(f"{structure:<13}{sparsity:>9.2f}  {statistics.median(values):.2f}x ({low:.2f}-{high:.2f})")

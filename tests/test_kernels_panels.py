@@ -130,7 +130,7 @@ def test_chunked_csr_hand_computed():
 
 
 @pytest.mark.parametrize("chunk", [3, 16, 64])
-@pytest.mark.parametrize("panel", [5, 8, 32, 64, 120, 200])  # register blocks of 64/32/16/8 tokens, then a tail
+@pytest.mark.parametrize("panel", [5, 8, 32, 64, 120, 128, 200])  # register blocks of 64/32/16/8 tokens, then a tail
 def test_csr_kernel_with_column_chunks_equals_dense(chunk, panel):
     torch.manual_seed(1)
     weight = torch.randn(300, 40) * (torch.rand(300, 40) < 0.2)  # more rows than one row group

@@ -23,7 +23,7 @@ from numba import njit, prange
 
 # One handle for every kernel: `load_numba` imports this module only.
 from ._numba_rows import FEW_ROWS, sell_pack, sell_rows_matmul, sell_rows_matmul_serial
-from ._simd import panel_row_8, panel_row_16, panel_row_32, panel_row_64, panel_row_64_of_64
+from ._simd import panel_row_8, panel_row_16, panel_row_32, panel_row_64, panel_row_64_of_64, panel_row_64_of_128
 
 __all__ = ["BSR_PANEL", "CSR_COLUMN_CHUNK", "CSR_PANEL", "FEW_ROWS", "ROW_GROUP", "bsr_panel_matmul", "chunked_csr",
            "csr_panel_matmul", "csr_panel_matmul_rows", "panel_width", "sell_pack", "sell_rows_matmul",
@@ -41,6 +41,7 @@ CSR_COLUMN_CHUNK = 128
 # Reassociation lets LLVM keep the four products of one step in registers; results differ from a dense GEMM only
 # by fp32 rounding order (the tests bound it).
 _FASTMATH = {"contract", "nnan", "ninf", "nsz", "arcp", "reassoc"}
+_TILE = 16  # a compile-time constant: the full-tile transpose loops unroll into vector shuffles
 
 
 @njit(fastmath=_FASTMATH, boundscheck=False, cache=True)
@@ -65,6 +66,10 @@ def _csr_rows(ptr, indices, data, bias, xc, acc_rows, row0, g0, g1):  # pragma: 
             acc = acc_rows[o - row0]
             if panel == 64:  # CSR_PANEL: the common case, with the row stride compiled in
                 panel_row_64_of_64(data, indices, xc, p, end, 0, acc)
+                continue
+            if panel == 128:  # one 128-token sequence per panel (packed feed-forward activations)
+                panel_row_64_of_128(data, indices, xc, p, end, 0, acc)
+                panel_row_64_of_128(data, indices, xc, p, end, 64, acc)
                 continue
             s = 0
             while s + 64 <= vec_end:
@@ -103,6 +108,25 @@ def csr_panel_matmul(ptr, indices, data, bias, xp, yp):  # pragma: no cover - co
         _csr_rows(ptr, indices, data, bias, xp[c], yp[c], 0, g0, min(out, g0 + ROW_GROUP))
 
 
+@njit(boundscheck=False, cache=True)
+def _store_transposed(block, y, t0, nj, g0):  # pragma: no cover - compiled
+    """``y[t0 + j, g0 + r] = block[r, j]`` for ``j < nj``: 16 x 16 tiles with fixed bounds (LLVM unrolls them into
+    vector shuffles, as in `transpose_panels`), generic loops for the ragged edges."""
+    nr = block.shape[0]
+    for j0 in range(0, nj, _TILE):
+        for r0 in range(0, nr, _TILE):
+            if j0 + _TILE <= nj and r0 + _TILE <= nr:
+                for j in range(_TILE):
+                    row = y[t0 + j0 + j]
+                    for r in range(_TILE):
+                        row[g0 + r0 + r] = block[r0 + r, j0 + j]
+            else:
+                for j in range(j0, min(nj, j0 + _TILE)):
+                    row = y[t0 + j]
+                    for r in range(r0, min(nr, r0 + _TILE)):
+                        row[g0 + r] = block[r, j]
+
+
 @njit(parallel=True, fastmath=_FASTMATH, boundscheck=False, cache=True)
 def csr_panel_matmul_rows(ptr, indices, data, bias, xp, y):  # pragma: no cover - compiled
     """`csr_panel_matmul` with a row-major output ``y`` ``[tokens, out]`` (``tokens <= panels * panel``).
@@ -120,10 +144,7 @@ def csr_panel_matmul_rows(ptr, indices, data, bias, xp, y):  # pragma: no cover 
         g1 = min(out, g0 + ROW_GROUP)
         block = np.empty((g1 - g0, panel), dtype=np.float32)
         _csr_rows(ptr, indices, data, bias, xp[c], block, g0, g0, g1)
-        for j in range(min(panel, tokens - c * panel)):
-            row = y[c * panel + j]
-            for r in range(g1 - g0):
-                row[g0 + r] = block[r, j]
+        _store_transposed(block, y, c * panel, min(panel, tokens - c * panel), g0)
 
 
 def chunked_csr(weight: torch.Tensor, column_chunk: int) -> tuple:
@@ -189,9 +210,6 @@ def bsr_panel_matmul(indptr, indices, blocks, bias, xp, yp):  # pragma: no cover
 def panel_width(tokens: int, widest: int) -> int:
     """Panel width for ``tokens`` rows: ``widest``, or the next multiple of 16 when the input is shorter."""
     return min(widest, max(16, -(-tokens // 16) * 16))
-
-
-_TILE = 16  # a compile-time constant: the full-tile loops below unroll into vector shuffles
 
 
 @njit(parallel=True, boundscheck=False, cache=True)
