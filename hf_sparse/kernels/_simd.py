@@ -18,6 +18,7 @@ broadcast-multiply-adds. This is plain LLVM vector IR, which LLVM lowers on any 
 from __future__ import annotations
 
 import platform
+from typing import Callable
 
 import numba
 from llvmlite import binding as llvm
@@ -38,6 +39,36 @@ def _host_has_avx2() -> bool:
 
 #: Whether `slice_sums_gather` can be used on this machine.
 HAS_AVX2 = _host_has_avx2()
+
+
+def _emit_loop(builder: ir.IRBuilder, name: str, start: ir.Value, stop: ir.Value, step: int, initial: list,
+               body: Callable[[ir.Value, list], list]) -> list:
+    """Emits ``for i in range(start, stop, step)`` (i64 bounds) carrying the ``initial`` values in phi nodes.
+
+    ``body(i, values)`` builds one iteration at the builder's position and returns the updated values; the builder
+    is left after the loop, and the values there are returned.
+    """
+    entry = builder.block
+    head = builder.append_basic_block(f"{name}.head")
+    loop = builder.append_basic_block(f"{name}.body")
+    done = builder.append_basic_block(f"{name}.done")
+    builder.branch(head)
+    builder.position_at_end(head)
+    counter = builder.phi(start.type)
+    carried = [builder.phi(value.type) for value in initial]
+    counter.add_incoming(start, entry)
+    for phi, value in zip(carried, initial):
+        phi.add_incoming(value, entry)
+    builder.cbranch(builder.icmp_signed("<", counter, stop), loop, done)
+    builder.position_at_end(loop)
+    updated = body(counter, carried)
+    last = builder.block
+    counter.add_incoming(builder.add(counter, ir.Constant(start.type, step)), last)
+    for phi, value in zip(carried, updated):
+        phi.add_incoming(value, last)
+    builder.branch(head)
+    builder.position_at_end(done)
+    return carried
 
 
 @intrinsic
@@ -63,30 +94,16 @@ def _gather_loop(typingctx, data, deltas, x, q0, q1, sums):  # pragma: no cover 
         x_bytes = builder.bitcast(x_ptr, i8.as_pointer())
         all_lanes = ir.Constant(v8f, [ir.Constant(f32, -1.0)] * 8)  # a lane is gathered when its sign bit is set
         zeros = ir.Constant(v8f, [ir.Constant(f32, 0.0)] * 8)
-        start = builder.block
-        head = builder.append_basic_block("sell.head")
-        body = builder.append_basic_block("sell.body")
-        done = builder.append_basic_block("sell.done")
-        builder.branch(head)
-        builder.position_at_end(head)
-        q = builder.phi(i64)
-        acc = builder.phi(v8f)
-        col = builder.phi(v8i)
-        q.add_incoming(args[3], start)
-        acc.add_incoming(zeros, start)
-        col.add_incoming(ir.Constant(v8i, [ir.Constant(i32, 0)] * 8), start)
-        builder.cbranch(builder.icmp_signed("<", q, args[4]), body, done)
-        builder.position_at_end(body)
-        values = builder.load(builder.bitcast(builder.gep(data_ptr, [q]), v8f.as_pointer()), align=4)
-        steps = builder.load(builder.bitcast(builder.gep(delta_ptr, [q]), v8b.as_pointer()), align=1)
-        next_col = builder.add(col, builder.zext(steps, v8i))
-        xs = builder.call(gather, [zeros, x_bytes, next_col, all_lanes, ir.Constant(i8, 4)])
-        next_acc = builder.fadd(acc, builder.fmul(values, xs, flags=("fast",)), flags=("fast",))
-        q.add_incoming(builder.add(q, ir.Constant(i64, 8)), body)
-        acc.add_incoming(next_acc, body)
-        col.add_incoming(next_col, body)
-        builder.branch(head)
-        builder.position_at_end(done)
+        def step(q, carried):
+            acc, col = carried
+            values = builder.load(builder.bitcast(builder.gep(data_ptr, [q]), v8f.as_pointer()), align=4)
+            steps = builder.load(builder.bitcast(builder.gep(delta_ptr, [q]), v8b.as_pointer()), align=1)
+            next_col = builder.add(col, builder.zext(steps, v8i))
+            xs = builder.call(gather, [zeros, x_bytes, next_col, all_lanes, ir.Constant(i8, 4)])
+            return [builder.fadd(acc, builder.fmul(values, xs, flags=("fast",)), flags=("fast",)), next_col]
+
+        first_cols = ir.Constant(v8i, [ir.Constant(i32, 0)] * 8)
+        acc, _ = _emit_loop(builder, "sell", args[3], args[4], 8, [zeros, first_cols], step)
         builder.store(acc, builder.bitcast(sums_ptr, v8f.as_pointer()), align=4)
         return context.get_dummy_value()
 
@@ -127,34 +144,19 @@ def _panel_row_intrinsic(vectors: int, panel: int = 0):
             x_from_s = builder.gep(x_ptr, [args[5]])
             y_vectors = builder.bitcast(builder.gep(y_ptr, [args[5]]), v8f.as_pointer())
             first = [builder.load(builder.gep(y_vectors, [ir.Constant(i64, j)]), align=4) for j in range(vectors)]
-            start = builder.block
-            head = builder.append_basic_block("row.head")
-            body = builder.append_basic_block("row.body")
-            done = builder.append_basic_block("row.done")
-            builder.branch(head)
-            builder.position_at_end(head)
-            p = builder.phi(i64)
-            accs = [builder.phi(v8f) for _ in range(vectors)]
-            p.add_incoming(args[3], start)
-            for acc, value in zip(accs, first):
-                acc.add_incoming(value, start)
-            builder.cbranch(builder.icmp_signed("<", p, args[4]), body, done)
-            builder.position_at_end(body)
-            lane = builder.insert_element(ir.Constant(v8f, ir.Undefined), builder.load(builder.gep(data_ptr, [p])),
-                                          ir.Constant(i32, 0))
-            weight = builder.shuffle_vector(lane, ir.Constant(v8f, ir.Undefined),
-                                            ir.Constant(ir.VectorType(i32, 8), [0] * 8))
-            column = builder.sext(builder.load(builder.gep(index_ptr, [p])), i64)
-            row = builder.bitcast(builder.gep(x_from_s, [builder.mul(column, stride)]), v8f.as_pointer())
-            updated = []
-            for j, acc in enumerate(accs):
-                xs = builder.load(builder.gep(row, [ir.Constant(i64, j)]), align=4)
-                updated.append(builder.fadd(acc, builder.fmul(weight, xs, flags=("fast",)), flags=("fast",)))
-            p.add_incoming(builder.add(p, ir.Constant(i64, 1)), body)
-            for acc, value in zip(accs, updated):
-                acc.add_incoming(value, body)
-            builder.branch(head)
-            builder.position_at_end(done)
+
+            def step(p, accs):
+                lane = builder.insert_element(ir.Constant(v8f, ir.Undefined),
+                                              builder.load(builder.gep(data_ptr, [p])), ir.Constant(i32, 0))
+                weight = builder.shuffle_vector(lane, ir.Constant(v8f, ir.Undefined),
+                                                ir.Constant(ir.VectorType(i32, 8), [0] * 8))
+                column = builder.sext(builder.load(builder.gep(index_ptr, [p])), i64)
+                row = builder.bitcast(builder.gep(x_from_s, [builder.mul(column, stride)]), v8f.as_pointer())
+                xs = [builder.load(builder.gep(row, [ir.Constant(i64, j)]), align=4) for j in range(vectors)]
+                return [builder.fadd(acc, builder.fmul(weight, x, flags=("fast",)), flags=("fast",))
+                        for acc, x in zip(accs, xs)]
+
+            accs = _emit_loop(builder, "row", args[3], args[4], 1, first, step)
             for j, acc in enumerate(accs):
                 builder.store(acc, builder.gep(y_vectors, [ir.Constant(i64, j)]), align=4)
             return context.get_dummy_value()
