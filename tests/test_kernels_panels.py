@@ -149,6 +149,53 @@ def test_csr_kernel_with_column_chunks_equals_dense(chunk, panel):
     torch.testing.assert_close(torch.from_numpy(y), rows, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("tokens", [64, 130, 200])
+def test_csr_kernel_from_row_major_input(tokens):
+    """`csr_matmul_unpacked` packs each panel inside its task: row-major or packed output, ragged last panel."""
+    torch.manual_seed(2)
+    weight = torch.randn(300, 40) * (torch.rand(300, 40) < 0.2)
+    bias = torch.randn(300)
+    x = torch.randn(tokens, 40)
+    expected = F.linear(x, weight, bias)
+    arrays = _spmm().chunked_csr(weight, 16)
+    y = np.full((tokens, 300), np.nan, dtype=np.float32)
+    _spmm().csr_matmul_unpacked(*arrays, bias.numpy(), x.numpy(), y, np.empty((0, 300, 64), np.float32))
+    torch.testing.assert_close(torch.from_numpy(y), expected, rtol=1e-5, atol=1e-5)
+    panels = -(-tokens // 64)
+    yp = np.full((panels, 300, 64), np.nan, dtype=np.float32)
+    _spmm().csr_matmul_unpacked(*arrays, bias.numpy(), x.numpy(), np.empty((0, 300), np.float32), yp)
+    packed = torch.from_numpy(yp).transpose(1, 2).reshape(-1, 300)
+    torch.testing.assert_close(packed[:tokens], expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(packed[tokens:], bias.expand(panels * 64 - tokens, 300))  # zero padding: bias only
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_layer_packs_in_task_for_many_panels(threads, monkeypatch):
+    """Inputs with at least two panels per thread skip the separate packing pass; outputs are unchanged."""
+    spmm, calls = _spmm(), []
+    kernel = spmm.csr_matmul_unpacked
+    monkeypatch.setattr(spmm, "csr_matmul_unpacked", lambda *args: calls.append(args[-1].shape) or kernel(*args))
+    torch.manual_seed(3)
+    weight = torch.randn(48, 40) * (torch.rand(48, 40) < 0.2)
+    bias = torch.randn(48)
+    layer = SparseInferenceLinear(weight, bias, "numba_csr")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            x = torch.randn(3, 100, 40)  # 300 tokens: 5 panels of 64
+            torch.testing.assert_close(layer(x), F.linear(x, weight, bias), rtol=1e-5, atol=1e-5)
+            layer.packed_output = True  # one 64-token sequence per panel, returned as a view of the panels
+            x = torch.randn(5, 64, 40)
+            out = layer(x)
+            assert packed_view(out) is not None
+            torch.testing.assert_close(out, F.linear(x, weight, bias), rtol=1e-5, atol=1e-5)
+            layer(torch.randn(2, 64, 40))  # 2 panels: too few for every thread to get two, so packed first
+    finally:
+        torch.set_num_threads(previous)
+    assert calls == [(0, 48, 64), (5, 48, 64)] if threads == 2 else len(calls) == 3  # yp: row-major, then packed
+
+
 def test_layer_uses_column_chunks():
     spmm = _spmm()
     in_f = 3 * spmm.CSR_COLUMN_CHUNK + 64

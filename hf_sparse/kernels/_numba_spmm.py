@@ -8,8 +8,10 @@ broadcast and eight multiply-adds with the activation row from L1, and it splits
 128 x 64 slice of the panel it streams (32 KiB) stays in L1. Against the previous kernel, which added groups of
 eight non-zeros into the output row in memory over 256-token panels (a load and store per eight products),
 BERT-Base shapes at 1024 tokens on two threads ran 1.27-1.29x faster at 90% sparsity (4.2-5.3x dense MKL) and
-1.43-1.55x at 75% (measured side by side, 2026-12-02). `panel_width` narrows the panel for short inputs, so little
-work is wasted on padding. BSR 16x16 went 5.0x -> 7-9x from P=64 to P=256 (its loop is unchanged). The
+1.43-1.55x at 75% (measured side by side, 2026-12-02). `csr_panel_matmul_rows` writes the row-major output
+itself and `csr_matmul_unpacked` also packs each panel of a row-major input inside its task, so neither the packed
+input nor the packed output has to make a round trip through memory. `panel_width` narrows the panel for short
+inputs, so little work is wasted on padding. BSR 16x16 went 5.0x -> 7-9x from P=64 to P=256 (its loop is unchanged). The
 accumulator starts at the bias, which costs nothing here and spares a pass over the output.
 Work is split over ``(panel, group of output rows)`` pairs with ``prange``, so both cores stay busy at any token
 count.
@@ -26,8 +28,8 @@ from ._numba_rows import FEW_ROWS, sell_pack, sell_rows_matmul, sell_rows_matmul
 from ._simd import panel_row_8, panel_row_16, panel_row_32, panel_row_64, panel_row_64_of_64, panel_row_64_of_128
 
 __all__ = ["BSR_PANEL", "CSR_COLUMN_CHUNK", "CSR_PANEL", "FEW_ROWS", "ROW_GROUP", "bsr_panel_matmul", "chunked_csr",
-           "csr_panel_matmul", "csr_panel_matmul_rows", "panel_width", "sell_pack", "sell_rows_matmul",
-           "sell_rows_matmul_serial", "transpose_panels"]
+           "csr_matmul_unpacked", "csr_panel_matmul", "csr_panel_matmul_rows", "panel_width", "sell_pack",
+           "sell_rows_matmul", "sell_rows_matmul_serial", "transpose_panels"]
 
 #: Widest token panel per kernel (measured best, see above); ``panel_width`` picks the width for an input.
 #: The CSR kernel's register sums cover exactly 64 tokens.
@@ -109,10 +111,9 @@ def csr_panel_matmul(ptr, indices, data, bias, xp, yp):  # pragma: no cover - co
 
 
 @njit(boundscheck=False, cache=True)
-def _store_transposed(block, y, t0, nj, g0):  # pragma: no cover - compiled
-    """``y[t0 + j, g0 + r] = block[r, j]`` for ``j < nj``: 16 x 16 tiles with fixed bounds (LLVM unrolls them into
-    vector shuffles, as in `transpose_panels`), generic loops for the ragged edges."""
-    nr = block.shape[0]
+def _store_transposed(block, nr, y, t0, nj, g0):  # pragma: no cover - compiled
+    """``y[t0 + j, g0 + r] = block[r, j]`` for ``r < nr``, ``j < nj``: 16 x 16 tiles with fixed bounds (LLVM unrolls
+    them into vector shuffles, as in `transpose_panels`), generic loops for the ragged edges."""
     for j0 in range(0, nj, _TILE):
         for r0 in range(0, nr, _TILE):
             if j0 + _TILE <= nj and r0 + _TILE <= nr:
@@ -144,7 +145,58 @@ def csr_panel_matmul_rows(ptr, indices, data, bias, xp, y):  # pragma: no cover 
         g1 = min(out, g0 + ROW_GROUP)
         block = np.empty((g1 - g0, panel), dtype=np.float32)
         _csr_rows(ptr, indices, data, bias, xp[c], block, g0, g0, g1)
-        _store_transposed(block, y, c * panel, min(panel, tokens - c * panel), g0)
+        _store_transposed(block, g1 - g0, y, c * panel, min(panel, tokens - c * panel), g0)
+
+
+@njit(boundscheck=False, cache=True)
+def _load_transposed(x, t0, nt, xc):  # pragma: no cover - compiled
+    """``xc[k, j] = x[t0 + j, k]`` for ``j < nt`` and zero for ``nt <= j < panel``: one panel packed in place, with
+    16 x 16 tiles of fixed bounds as in `transpose_panels`."""
+    inn, panel = xc.shape
+    for k in range(inn):
+        for j in range(nt, panel):
+            xc[k, j] = 0.0
+    for j0 in range(0, nt, _TILE):
+        for k0 in range(0, inn, _TILE):
+            if j0 + _TILE <= nt and k0 + _TILE <= inn:
+                for j in range(_TILE):
+                    row = x[t0 + j0 + j]
+                    for k in range(_TILE):
+                        xc[k0 + k, j0 + j] = row[k0 + k]
+            else:
+                for j in range(j0, min(nt, j0 + _TILE)):
+                    for k in range(k0, min(inn, k0 + _TILE)):
+                        xc[k, j] = x[t0 + j, k]
+
+
+@njit(parallel=True, fastmath=_FASTMATH, boundscheck=False, cache=True)
+def csr_matmul_unpacked(ptr, indices, data, bias, x, y, yp):  # pragma: no cover - compiled
+    """`csr_panel_matmul` straight from a row-major input ``x`` ``[tokens, in]``: each task packs its own panel of
+    ``yp.shape[2]`` tokens into a buffer that stays in cache, instead of a separate packing pass writing the whole
+    packed copy to memory and the kernel reading it back.
+
+    The output goes to ``yp`` ``[panels, out, panel]`` (packed) when ``yp.shape[0]`` is the panel count, else to
+    ``y`` ``[tokens, out]`` (row-major; pass ``yp`` with zero panels). Tasks are whole panels, so use it when there
+    are several panels per thread.
+    """
+    tokens, inn = x.shape
+    panel = yp.shape[2]
+    out = bias.shape[0]
+    panels = (tokens + panel - 1) // panel
+    packed = yp.shape[0] == panels
+    for c in prange(panels):
+        t0 = c * panel
+        nt = min(panel, tokens - t0)
+        xc = np.empty((inn, panel), dtype=np.float32)
+        _load_transposed(x, t0, nt, xc)
+        block = np.empty((min(ROW_GROUP, out), panel), dtype=np.float32)
+        for g0 in range(0, out, ROW_GROUP):
+            g1 = min(out, g0 + ROW_GROUP)
+            if packed:
+                _csr_rows(ptr, indices, data, bias, xc, yp[c], 0, g0, g1)
+            else:
+                _csr_rows(ptr, indices, data, bias, xc, block, g0, g0, g1)
+                _store_transposed(block, g1 - g0, y, t0, nt, g0)
 
 
 def chunked_csr(weight: torch.Tensor, column_chunk: int) -> tuple:

@@ -180,12 +180,22 @@ class SparseInferenceLinear(nn.Module):
         """``x W^T + b`` through the Numba panel kernels (see `hf_sparse.kernels.panels`)."""
         spmm = self._set_threads()
         seq = sequence_panel(x)
+        tokens = x.numel() // self.in_features
         xp = packed_view(x)  # the input may already be in panel layout: then nothing is copied
         if xp is None:
-            tokens = x.numel() // self.in_features
             widest = spmm.BSR_PANEL if rep.method == "numba_bsr" else spmm.CSR_PANEL
             # A packed output needs one whole sequence per panel.
             panel = seq if self.packed_output and seq is not None else spmm.panel_width(tokens, widest)
+            packed = self.packed_output and seq is not None
+            if rep.method == "numba_csr" and self.pack_cache is None and tokens >= 2 * _THREADS.numba * panel:
+                # Enough panels for every thread: each task packs its own panel in cache (no packed copy).
+                x2 = np.ascontiguousarray(x.reshape(-1, self.in_features).numpy())
+                y = np.empty((0 if packed else tokens, self.out_features), dtype=np.float32)
+                yp = np.empty((-(-tokens // panel) if packed else 0, self.out_features, panel), dtype=np.float32)
+                spmm.csr_matmul_unpacked(*rep.arrays, self._bias_array, x2, y, yp)
+                if packed:
+                    return torch.from_numpy(yp).transpose(1, 2)  # [batch, seq, out] view, holding the bias
+                return torch.from_numpy(y).view(*x.shape[:-1], self.out_features)
             if self.pack_cache is not None:
                 xp = self.pack_cache.get(x, panel, spmm.transpose_panels)
             else:
@@ -193,7 +203,7 @@ class SparseInferenceLinear(nn.Module):
         panels, _, panel = xp.shape
         packed = self.packed_output and seq is not None and panel == seq
         if rep.method == "numba_csr" and not packed:  # the kernel writes the row-major output itself
-            y = np.empty((x.numel() // self.in_features, self.out_features), dtype=np.float32)
+            y = np.empty((tokens, self.out_features), dtype=np.float32)
             spmm.csr_panel_matmul_rows(*rep.arrays, self._bias_array, xp.numpy(), y)
             return torch.from_numpy(y).view(*x.shape[:-1], self.out_features)
         yp = torch.empty(panels, self.out_features, panel, dtype=x.dtype)
@@ -201,7 +211,7 @@ class SparseInferenceLinear(nn.Module):
         kernel(*rep.arrays, self._bias_array, xp.numpy(), yp.numpy())
         if packed:
             return yp.transpose(1, 2)  # [batch, seq, out] view, already holding the bias
-        y = unpack(yp, x.numel() // self.in_features, spmm.transpose_panels)
+        y = unpack(yp, tokens, spmm.transpose_panels)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
