@@ -24,6 +24,9 @@ from .panels import PackCache, pack, packed_view, sequence_panel, unpack
 
 METHODS = ("dense", "torch_csr", "torch_bsr", "numba_csr", "numba_bsr", "numba_sell")
 NUMBA_METHODS = ("numba_csr", "numba_bsr", "numba_sell")
+#: Panels per thread from which a CSR layer with an unshared row-major input packs each panel inside its task
+#: (`csr_matmul_unpacked`) rather than in a separate pass: below it the tasks, whole panels, would leave threads idle.
+IN_TASK_PACKING_PANELS_PER_THREAD = 2
 #: Per Python thread: torch's thread count when Numba's was last set to follow it (``.torch``), and Numba's (``.numba``).
 _THREADS = threading.local()
 
@@ -187,7 +190,8 @@ class SparseInferenceLinear(nn.Module):
             # A packed output needs one whole sequence per panel.
             panel = seq if self.packed_output and seq is not None else spmm.panel_width(tokens, widest)
             packed = self.packed_output and seq is not None
-            if rep.method == "numba_csr" and self.pack_cache is None and tokens >= 2 * _THREADS.numba * panel:
+            in_task = tokens >= IN_TASK_PACKING_PANELS_PER_THREAD * _THREADS.numba * panel
+            if rep.method == "numba_csr" and self.pack_cache is None and in_task:
                 # Enough panels for every thread: each task packs its own panel in cache (no packed copy).
                 x2 = np.ascontiguousarray(x.reshape(-1, self.in_features).numpy())
                 y = np.empty((0 if packed else tokens, self.out_features), dtype=np.float32)
