@@ -111,21 +111,25 @@ def csr_panel_matmul(ptr, indices, data, bias, xp, yp):  # pragma: no cover - co
 
 
 @njit(boundscheck=False, cache=True)
-def _store_transposed(block, nr, y, t0, nj, g0):  # pragma: no cover - compiled
-    """``y[t0 + j, g0 + r] = block[r, j]`` for ``r < nr``, ``j < nj``: 16 x 16 tiles with fixed bounds (LLVM unrolls
-    them into vector shuffles, as in `transpose_panels`), generic loops for the ragged edges."""
-    for j0 in range(0, nj, _TILE):
-        for r0 in range(0, nr, _TILE):
-            if j0 + _TILE <= nj and r0 + _TILE <= nr:
+def _copy_transposed(src, s0, n0, n1, dst, d0, d1, tile):  # pragma: no cover - compiled
+    """``dst[d0 + j, d1 + i] = src[s0 + i, j]`` for ``i < n0``, ``j < n1``, through the 16 x 16 scratch ``tile`` so
+    both sides are read and written along their rows (as in `transpose_panels`); fixed-bound loops for full tiles,
+    generic ones for the ragged edges."""
+    for i0 in range(0, n0, _TILE):
+        for j0 in range(0, n1, _TILE):
+            if i0 + _TILE <= n0 and j0 + _TILE <= n1:
+                for i in range(_TILE):
+                    row = src[s0 + i0 + i]
+                    for j in range(_TILE):
+                        tile[j, i] = row[j0 + j]
                 for j in range(_TILE):
-                    row = y[t0 + j0 + j]
-                    for r in range(_TILE):
-                        row[g0 + r0 + r] = block[r0 + r, j0 + j]
+                    out = dst[d0 + j0 + j]
+                    for i in range(_TILE):
+                        out[d1 + i0 + i] = tile[j, i]
             else:
-                for j in range(j0, min(nj, j0 + _TILE)):
-                    row = y[t0 + j]
-                    for r in range(r0, min(nr, r0 + _TILE)):
-                        row[g0 + r] = block[r, j]
+                for i in range(i0, min(n0, i0 + _TILE)):
+                    for j in range(j0, min(n1, j0 + _TILE)):
+                        dst[d0 + j, d1 + i] = src[s0 + i, j]
 
 
 @njit(parallel=True, fastmath=_FASTMATH, boundscheck=False, cache=True)
@@ -144,29 +148,9 @@ def csr_panel_matmul_rows(ptr, indices, data, bias, xp, y):  # pragma: no cover 
         g0 = (t - c * groups) * ROW_GROUP
         g1 = min(out, g0 + ROW_GROUP)
         block = np.empty((g1 - g0, panel), dtype=np.float32)
+        tile = np.empty((_TILE, _TILE), dtype=np.float32)
         _csr_rows(ptr, indices, data, bias, xp[c], block, g0, g0, g1)
-        _store_transposed(block, g1 - g0, y, c * panel, min(panel, tokens - c * panel), g0)
-
-
-@njit(boundscheck=False, cache=True)
-def _load_transposed(x, t0, nt, xc):  # pragma: no cover - compiled
-    """``xc[k, j] = x[t0 + j, k]`` for ``j < nt`` and zero for ``nt <= j < panel``: one panel packed in place, with
-    16 x 16 tiles of fixed bounds as in `transpose_panels`."""
-    inn, panel = xc.shape
-    for k in range(inn):
-        for j in range(nt, panel):
-            xc[k, j] = 0.0
-    for j0 in range(0, nt, _TILE):
-        for k0 in range(0, inn, _TILE):
-            if j0 + _TILE <= nt and k0 + _TILE <= inn:
-                for j in range(_TILE):
-                    row = x[t0 + j0 + j]
-                    for k in range(_TILE):
-                        xc[k0 + k, j0 + j] = row[k0 + k]
-            else:
-                for j in range(j0, min(nt, j0 + _TILE)):
-                    for k in range(k0, min(inn, k0 + _TILE)):
-                        xc[k, j] = x[t0 + j, k]
+        _copy_transposed(block, 0, g1 - g0, min(panel, tokens - c * panel), y, c * panel, g0, tile)
 
 
 @njit(parallel=True, fastmath=_FASTMATH, boundscheck=False, cache=True)
@@ -188,7 +172,10 @@ def csr_matmul_unpacked(ptr, indices, data, bias, x, y, yp):  # pragma: no cover
         t0 = c * panel
         nt = min(panel, tokens - t0)
         xc = np.empty((inn, panel), dtype=np.float32)
-        _load_transposed(x, t0, nt, xc)
+        if nt < panel:  # the last panel's padding tokens
+            xc[:, nt:] = 0.0
+        tile = np.empty((_TILE, _TILE), dtype=np.float32)
+        _copy_transposed(x, t0, nt, inn, xc, 0, 0, tile)
         block = np.empty((min(ROW_GROUP, out), panel), dtype=np.float32)
         for g0 in range(0, out, ROW_GROUP):
             g1 = min(out, g0 + ROW_GROUP)
@@ -196,7 +183,7 @@ def csr_matmul_unpacked(ptr, indices, data, bias, x, y, yp):  # pragma: no cover
                 _csr_rows(ptr, indices, data, bias, xc, yp[c], 0, g0, g1)
             else:
                 _csr_rows(ptr, indices, data, bias, xc, block, g0, g0, g1)
-                _store_transposed(block, g1 - g0, y, t0, nt, g0)
+                _copy_transposed(block, 0, g1 - g0, nt, y, t0, g0, tile)
 
 
 def chunked_csr(weight: torch.Tensor, column_chunk: int) -> tuple:
