@@ -91,8 +91,9 @@ def test_wide_inputs_past_16_bit_columns():
 
 
 @pytest.mark.parametrize("density", [0.02, 0.1, 1.0])
-def test_scalar_and_gather_slice_sums_agree(density):
-    """Both step loops, called directly: the kernels compile only the one this CPU uses."""
+def test_slice_sums_match_the_dense_product(density):
+    """The step loop called directly, on whole slices and on every prefix length from 0 to 9 steps, so the
+    unrolled part (4 steps per iteration) and the single-step remainder both run."""
     from hf_sparse.kernels import _simd
 
     torch.manual_seed(1)
@@ -100,19 +101,26 @@ def test_scalar_and_gather_slice_sums_agree(density):
     slice_ptr, perm, steps, data = _rows().sell_pack(weight)
     x = torch.randn(600).numpy()
     expected = F.linear(torch.from_numpy(x), weight)[torch.from_numpy(perm).long()].numpy()
-    loops = [_rows().slice_sums_scalar] + ([_simd.slice_sums_gather] if _simd.HAS_AVX2 else [])
-    for loop in loops:
-        for g in range(2):
-            sums = np.full(8, np.nan, dtype=np.float32)
-            loop(data, steps, x, int(slice_ptr[g]) * 8, int(slice_ptr[g + 1]) * 8, sums)
-            np.testing.assert_allclose(sums, expected[8 * g:8 * g + 8], rtol=1e-5, atol=1e-5)
+    for g in range(2):
+        sums = np.full(8, np.nan, dtype=np.float32)
+        _simd.slice_sums(data, steps, x, int(slice_ptr[g]) * 8, int(slice_ptr[g + 1]) * 8, sums)
+        np.testing.assert_allclose(sums, expected[8 * g:8 * g + 8], rtol=1e-5, atol=1e-5)
+    q0 = int(slice_ptr[0]) * 8
+    lanes_steps = steps.reshape(-1, 8).astype(np.int64)
+    lanes_data = data.reshape(-1, 8)
+    for k in range(min(10, int(slice_ptr[1]) + 1)):
+        columns = np.cumsum(lanes_steps[:k], axis=0)
+        prefix = (lanes_data[:k] * x[columns]).sum(axis=0) if k else np.zeros(8)
+        sums = np.full(8, np.nan, dtype=np.float32)
+        _simd.slice_sums(data, steps, x, q0, q0 + 8 * k, sums)
+        np.testing.assert_allclose(sums, prefix, rtol=1e-5, atol=1e-5)
 
 
-def test_gather_intrinsic_refuses_other_dtypes():
+def test_slice_intrinsic_refuses_other_dtypes():
     from numba.core.errors import TypingError
 
     from hf_sparse.kernels import _simd
 
     ok = np.zeros(8, np.float32)
     with pytest.raises(TypingError, match="deltas must be a 1-D C-contiguous uint8"):
-        _simd.slice_sums_gather(ok, np.zeros(8, np.uint16), ok, 0, 8, ok)
+        _simd.slice_sums(ok, np.zeros(8, np.uint16), ok, 0, 8, ok)

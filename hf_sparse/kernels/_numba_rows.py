@@ -15,8 +15,8 @@ Columns are stored as 8-bit steps from the row's previous column (the first from
 5 bytes with its fp32 value instead of 6 with a 16-bit column: decoding streams every weight from memory once per
 token, and on the 2-core machine here 24 such layers ran at the memory bandwidth. A gap over 255 columns is
 bridged by filler entries of value 0 and step 255 (none in a 90%-sparse random 768-wide row in practice; a few
-per row between 16x16 blocks). Where the CPU has AVX2 a step is one vector add of the 8 column steps and one
-gather (`hf_sparse.kernels._simd`); the scalar loop here is the portable fallback.
+per row between 16x16 blocks). A step is one vector add of the 8 column steps, 8 activation loads and one vector
+multiply-add, written as LLVM vector IR in `hf_sparse.kernels._simd.slice_sums`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from ._simd import HAS_AVX2, slice_sums_gather
+from ._simd import slice_sums
 
 #: Rows per slice: one running sum each (8 fp32 lanes are one AVX2 register).
 SLICE = 8
@@ -36,8 +36,6 @@ SLICE_BLOCK = 32
 FEW_ROWS = 16
 #: Largest column step one entry stores; longer gaps take filler entries.
 MAX_STEP = 255
-#: Whether the kernels gather with AVX2 (`hf_sparse.kernels._simd`) rather than the scalar loop.
-GATHER = HAS_AVX2
 # As in `_numba_spmm`: reassociation lets LLVM schedule the sums freely (fp32 rounding order only).
 _FASTMATH = {"contract", "nnan", "ninf", "nsz", "arcp", "reassoc"}
 
@@ -97,32 +95,6 @@ def sell_pack(weight: torch.Tensor) -> tuple:
 
 
 @njit(fastmath=_FASTMATH, boundscheck=False, cache=True)
-def slice_sums_scalar(data, steps, x, q0, q1, sums):  # pragma: no cover - compiled
-    """`hf_sparse.kernels._simd.slice_sums_gather` without SIMD gathers: 8 running columns and 8 running sums."""
-    c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = np.uint64(0)
-    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.float32(0.0)
-    for q in range(q0, q1, 8):
-        c0 += steps[q]
-        c1 += steps[q + 1]
-        c2 += steps[q + 2]
-        c3 += steps[q + 3]
-        c4 += steps[q + 4]
-        c5 += steps[q + 5]
-        c6 += steps[q + 6]
-        c7 += steps[q + 7]
-        a0 += data[q] * x[c0]
-        a1 += data[q + 1] * x[c1]
-        a2 += data[q + 2] * x[c2]
-        a3 += data[q + 3] * x[c3]
-        a4 += data[q + 4] * x[c4]
-        a5 += data[q + 5] * x[c5]
-        a6 += data[q + 6] * x[c6]
-        a7 += data[q + 7] * x[c7]
-    sums[0], sums[1], sums[2], sums[3] = a0, a1, a2, a3
-    sums[4], sums[5], sums[6], sums[7] = a4, a5, a6, a7
-
-
-@njit(fastmath=_FASTMATH, boundscheck=False, cache=True)
 def _sell_slices(slice_ptr, perm, steps, data, bias, x, y, g0, g1):  # pragma: no cover - compiled
     """Slices ``g0 .. g1`` of `sell_rows_matmul`, for every activation row, `SLICE_BLOCK` slices at a time."""
     out = bias.shape[0]
@@ -135,10 +107,7 @@ def _sell_slices(slice_ptr, perm, steps, data, bias, x, y, g0, g1):  # pragma: n
             for g in range(b0, b1):
                 q0 = np.int64(slice_ptr[g]) * 8
                 q1 = np.int64(slice_ptr[g + 1]) * 8
-                if GATHER:  # a compile-time constant: only one branch is compiled
-                    slice_sums_gather(data, steps, xt, q0, q1, sums)
-                else:
-                    slice_sums_scalar(data, steps, xt, q0, q1, sums)
+                slice_sums(data, steps, xt, q0, q1, sums)
                 r = g * 8
                 for lane in range(min(8, out - r)):  # the last slice may hold fewer than 8 real rows
                     o = perm[r + lane]

@@ -1,12 +1,14 @@
 """SIMD loops Numba cannot express by itself, written as LLVM IR through Numba intrinsics.
 
-*A SELL-8 slice's 8 row sums with AVX2 gathers* (the decode kernel).
+*A SELL-8 slice's 8 row sums* (the decode kernel).
 Numba (through LLVM) vectorises loops over contiguous data, but not the sparse mat-vec's gather from the
-activation: written as 8 scalar running sums, a SELL-8 step is 8 index loads, 8 activation loads and 8 value
-loads, while AVX2 does it as one 8-byte delta load, one vector add, one ``vgatherdps`` and one 32-byte value load.
-`slice_sums_gather` emits that loop as LLVM IR through a Numba intrinsic. It uses the x86 intrinsic
-``llvm.x86.avx2.gather.d.ps.256`` (32-bit indices scaled by 4 from one base pointer), so it is only compiled where
-`HAS_AVX2` says the CPU has the instruction; elsewhere `hf_sparse.kernels._numba_rows` uses its scalar loop.
+activation: written as 8 scalar running sums (`hf_sparse.kernels._numba_rows` before 2026-12-02), a SELL-8 step is
+8 column-step loads, 8 adds, 8 activation loads, 8 value loads and 8 scalar multiply-adds. `slice_sums` emits the
+step as one 8-byte load of the column steps, one vector add into the 8 running columns, 8 scalar activation loads
+inserted into one vector, one 32-byte value load and one vector multiply-add, four steps at a time into four sums.
+It is plain LLVM vector IR, so it compiles on any CPU. On this project's AMD EPYC (Zen 3) machine it was 1.2-1.45x
+faster than the same loop with an AVX2 ``vgatherdps`` per step (24 GPT-2-small-shaped layers at 90%, one thread,
+measured side by side 2026-12-02), which itself was 20-25% faster than the scalar loop.
 
 *One output row of a token panel with its sums in registers* (the prefill / encoder CSR kernel). Numba keeps a
 loop's running sums in registers only when they are scalars, so the panel kernel used to add every group of
@@ -17,28 +19,12 @@ broadcast-multiply-adds. This is plain LLVM vector IR, which LLVM lowers on any 
 
 from __future__ import annotations
 
-import platform
 from typing import Callable
 
 import numba
-from llvmlite import binding as llvm
 from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
-
-
-def _host_has_avx2() -> bool:
-    """Whether Numba compiles for a CPU with AVX2: an x86-64 host, and no ``NUMBA_CPU_NAME`` that may lack it."""
-    if platform.machine().lower() not in ("x86_64", "amd64") or numba.config.CPU_NAME not in (None, "host"):
-        return False
-    try:
-        return "+avx2" in llvm.get_host_cpu_features().flatten().split(",")
-    except RuntimeError:  # llvmlite cannot read the features on this host
-        return False
-
-
-#: Whether `slice_sums_gather` can be used on this machine.
-HAS_AVX2 = _host_has_avx2()
 
 
 def _emit_loop(builder: ir.IRBuilder, name: str, start: ir.Value, stop: ir.Value, step: int, initial: list,
@@ -71,8 +57,14 @@ def _emit_loop(builder: ir.IRBuilder, name: str, start: ir.Value, stop: ir.Value
     return carried
 
 
+#: SELL-8 steps `slice_sums` does per loop iteration, each into its own sums: independent multiply-add chains keep
+#: the core busy while the activation loads of the next steps are in flight (4 was ~8% faster than 1 on the 24
+#: GPT-2-small-shaped layers, measured side by side).
+SELL_UNROLL = 4
+
+
 @intrinsic
-def _gather_loop(typingctx, data, deltas, x, q0, q1, sums):  # pragma: no cover - runs at compile time
+def _slice_loop(typingctx, data, deltas, x, q0, q1, sums):  # pragma: no cover - runs at compile time
     """``sums[l] = sum over entries q0 + l, q0 + 8 + l, ... < q1 of data[q] * x[col]``, ``col`` the running sum of
     ``deltas`` of lane ``l`` (see `hf_sparse.kernels._numba_rows.sell_pack`)."""
     arrays = {"data": (data, types.float32), "deltas": (deltas, types.uint8), "x": (x, types.float32),
@@ -87,23 +79,38 @@ def _gather_loop(typingctx, data, deltas, x, q0, q1, sums):  # pragma: no cover 
         v8f, v8i, v8b = ir.VectorType(f32, 8), ir.VectorType(i32, 8), ir.VectorType(i8, 8)
         data_ptr, delta_ptr, x_ptr, sums_ptr = (context.make_array(sig.args[i])(context, builder, args[i]).data
                                                 for i in (0, 1, 2, 5))
-        module = builder.module
-        gather_type = ir.FunctionType(v8f, [v8f, i8.as_pointer(), v8i, v8f, i8])
-        name = "llvm.x86.avx2.gather.d.ps.256"
-        gather = module.globals.get(name) or ir.Function(module, gather_type, name)
-        x_bytes = builder.bitcast(x_ptr, i8.as_pointer())
-        all_lanes = ir.Constant(v8f, [ir.Constant(f32, -1.0)] * 8)  # a lane is gathered when its sign bit is set
         zeros = ir.Constant(v8f, [ir.Constant(f32, 0.0)] * 8)
-        def step(q, carried):
-            acc, col = carried
+
+        def one_step(q, acc, col):
+            """Adds step ``q / 8`` to ``acc``; returns the new sums and columns."""
             values = builder.load(builder.bitcast(builder.gep(data_ptr, [q]), v8f.as_pointer()), align=4)
             steps = builder.load(builder.bitcast(builder.gep(delta_ptr, [q]), v8b.as_pointer()), align=1)
-            next_col = builder.add(col, builder.zext(steps, v8i))
-            xs = builder.call(gather, [zeros, x_bytes, next_col, all_lanes, ir.Constant(i8, 4)])
-            return [builder.fadd(acc, builder.fmul(values, xs, flags=("fast",)), flags=("fast",)), next_col]
+            col = builder.add(col, builder.zext(steps, v8i))
+            xs = ir.Constant(v8f, ir.Undefined)
+            for lane in range(8):
+                column = builder.zext(builder.extract_element(col, ir.Constant(i32, lane)), i64)
+                xs = builder.insert_element(xs, builder.load(builder.gep(x_ptr, [column])), ir.Constant(i32, lane))
+            return builder.fadd(acc, builder.fmul(values, xs, flags=("fast",)), flags=("fast",)), col
 
+        def unrolled(q, carried):
+            *accs, col = carried
+            for u in range(SELL_UNROLL):
+                accs[u], col = one_step(builder.add(q, ir.Constant(i64, 8 * u)), accs[u], col)
+            return [*accs, col]
+
+        def single(q, carried):
+            return list(one_step(q, *carried))
+
+        width = 8 * SELL_UNROLL
+        q0, q1 = args[3], args[4]
+        split = builder.add(q0, builder.mul(builder.sdiv(builder.sub(q1, q0), ir.Constant(i64, width)),
+                                            ir.Constant(i64, width)))
         first_cols = ir.Constant(v8i, [ir.Constant(i32, 0)] * 8)
-        acc, _ = _emit_loop(builder, "sell", args[3], args[4], 8, [zeros, first_cols], step)
+        *accs, col = _emit_loop(builder, "sell4", q0, split, width, [zeros] * SELL_UNROLL + [first_cols], unrolled)
+        acc = accs[0]
+        for other in accs[1:]:
+            acc = builder.fadd(acc, other, flags=("fast",))
+        acc, _ = _emit_loop(builder, "sell1", split, q1, 8, [acc, col], single)
         builder.store(acc, builder.bitcast(sums_ptr, v8f.as_pointer()), align=4)
         return context.get_dummy_value()
 
@@ -111,10 +118,10 @@ def _gather_loop(typingctx, data, deltas, x, q0, q1, sums):  # pragma: no cover 
 
 
 @njit(boundscheck=False, cache=True)
-def slice_sums_gather(data, deltas, x, q0, q1, sums):  # pragma: no cover - compiled
-    """The 8 lane sums of SELL-8 entries ``q0 .. q1`` (multiples of 8) into ``sums`` (fp32 ``[8]``), with AVX2
-    gathers; only call it when `HAS_AVX2`. ``data`` fp32 and ``deltas`` uint8 are C-contiguous, ``x`` one fp32 row."""
-    _gather_loop(data, deltas, x, q0, q1, sums)
+def slice_sums(data, deltas, x, q0, q1, sums):  # pragma: no cover - compiled
+    """The 8 lane sums of SELL-8 entries ``q0 .. q1`` (multiples of 8) into ``sums`` (fp32 ``[8]``). ``data`` fp32
+    and ``deltas`` uint8 are C-contiguous, ``x`` one fp32 row."""
+    _slice_loop(data, deltas, x, q0, q1, sums)
 
 
 def _panel_row_intrinsic(vectors: int, panel: int = 0):
