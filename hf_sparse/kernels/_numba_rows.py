@@ -21,6 +21,8 @@ multiply-add, written as LLVM vector IR in `hf_sparse.kernels._simd.slice_sums`.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from numba import njit, prange
@@ -38,6 +40,28 @@ FEW_ROWS = 16
 MAX_STEP = 255
 # As in `_numba_spmm`: reassociation lets LLVM schedule the sums freely (fp32 rounding order only).
 _FASTMATH = {"contract", "nnan", "ninf", "nsz", "arcp", "reassoc"}
+#: Codes of the element-wise activations the kernels can apply to their outputs: 0 for none, else one plus the
+#: name's position in `hf_sparse.kernels.inference_linear.ACTIVATIONS` ("gelu", "gelu_tanh", "relu").
+ACT_NONE, ACT_GELU, ACT_GELU_TANH, ACT_RELU = 0, 1, 2, 3
+
+
+@njit(fastmath=_FASTMATH, cache=True, inline="always")
+def activate(v, act):  # pragma: no cover - compiled
+    """``v`` through activation code ``act`` (`ACT_GELU`, ...), in fp32.
+
+    The tanh GELU (Hendrycks and Gimpel 2016, arXiv:1606.08415; GPT-2's ``gelu_new``) is
+    ``0.5 v (1 + tanh(u))`` with ``u = sqrt(2 / pi) (v + 0.044715 v^3)``, written as ``v / (1 + exp(-2u))`` (the
+    same function): one ``expf`` call instead of a slower ``tanhf``. The exponent is capped at 80, where the result
+    is already 0 to fp32 precision, so it never overflows to infinity.
+    """
+    if act == ACT_GELU_TANH:
+        u = np.float32(0.7978845608028654) * (v + np.float32(0.044715) * v * v * v)
+        return v / (np.float32(1.0) + np.exp(min(np.float32(-2.0) * u, np.float32(80.0))))
+    if act == ACT_GELU:
+        return np.float32(0.5) * v * (np.float32(1.0) + math.erf(v * np.float32(0.7071067811865476)))
+    if act == ACT_RELU:
+        return max(v, np.float32(0.0))
+    return v
 
 
 def sell_pack(weight: torch.Tensor) -> tuple:
@@ -95,7 +119,7 @@ def sell_pack(weight: torch.Tensor) -> tuple:
 
 
 @njit(fastmath=_FASTMATH, boundscheck=False, cache=True)
-def _sell_slices(slice_ptr, perm, steps, data, bias, x, y, g0, g1):  # pragma: no cover - compiled
+def _sell_slices(slice_ptr, perm, steps, data, bias, x, y, g0, g1, act):  # pragma: no cover - compiled
     """Slices ``g0 .. g1`` of `sell_rows_matmul`, for every activation row, `SLICE_BLOCK` slices at a time."""
     out = bias.shape[0]
     sums = np.empty(8, dtype=np.float32)
@@ -111,12 +135,13 @@ def _sell_slices(slice_ptr, perm, steps, data, bias, x, y, g0, g1):  # pragma: n
                 r = g * 8
                 for lane in range(min(8, out - r)):  # the last slice may hold fewer than 8 real rows
                     o = perm[r + lane]
-                    yt[o] = bias[o] + sums[lane]
+                    yt[o] = activate(bias[o] + sums[lane], act)
 
 
 @njit(parallel=True, fastmath=_FASTMATH, boundscheck=False, cache=True)
-def sell_rows_matmul(slice_ptr, perm, steps, data, bias, x, y, threads):  # pragma: no cover - compiled
-    """``y[t, o] = bias[o] + sum_k W[o, k] x[t, k]`` for a few activation rows ``x`` ``[T, in]`` (``T <= 16``).
+def sell_rows_matmul(slice_ptr, perm, steps, data, bias, x, y, threads, act=ACT_NONE):  # pragma: no cover
+    """``y[t, o] = act(bias[o] + sum_k W[o, k] x[t, k])`` for a few activation rows ``x`` ``[T, in]`` (``T <= 16``),
+    ``act`` an activation code (`ACT_GELU`, ...) applied by each thread to the outputs it wrote, while they are in cache.
 
     Each of ``threads`` (Numba's thread count, passed in: a ``numba.get_num_threads()`` call in here would keep
     Numba from caching the compiled kernel) takes one contiguous range of slices holding an equal share of the
@@ -130,12 +155,12 @@ def sell_rows_matmul(slice_ptr, perm, steps, data, bias, x, y, threads):  # prag
         # Neighbouring tasks compute the same boundary: the first slice starting at or after k/tasks of the steps.
         g0 = 0 if k == 0 else np.searchsorted(slice_ptr[:slices], (k * total) // tasks)
         g1 = slices if k == tasks - 1 else np.searchsorted(slice_ptr[:slices], ((k + 1) * total) // tasks)
-        _sell_slices(slice_ptr, perm, steps, data, bias, x, y, g0, g1)
+        _sell_slices(slice_ptr, perm, steps, data, bias, x, y, g0, g1, act)
 
 
 @njit(fastmath=_FASTMATH, boundscheck=False, cache=True)
-def sell_rows_matmul_serial(slice_ptr, perm, steps, data, bias, x, y):  # pragma: no cover - compiled
+def sell_rows_matmul_serial(slice_ptr, perm, steps, data, bias, x, y, act=ACT_NONE):  # pragma: no cover
     """`sell_rows_matmul` on the calling thread, for one-thread runs: a decode step's layer takes well under a
     millisecond, and handing it to Numba's worker thread can cost more than that when other processes keep the
     cores busy (measured on a loaded 2-core machine: 20-50 ms per call)."""
-    _sell_slices(slice_ptr, perm, steps, data, bias, x, y, 0, slice_ptr.shape[0] - 1)
+    _sell_slices(slice_ptr, perm, steps, data, bias, x, y, 0, slice_ptr.shape[0] - 1, act)

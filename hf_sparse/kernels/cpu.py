@@ -8,8 +8,8 @@ its masked weight in one of:
   (the ``F.linear(X, W_sparse)`` form is several times *slower* than dense, so it is never used);
 - ``"numba_csr"`` / ``"numba_bsr"``: our own Numba panel kernels (`hf_sparse.kernels._numba_spmm`), available
   with the ``cpu-kernels`` extra;
-- ``"numba_sell"``: our Numba SELL-8 kernel for a few token rows (8-bit column steps, AVX2 gathers), for the
-  decode steps of generation, where reading the weight from memory is the whole cost.
+- ``"numba_sell"``: our Numba SELL-8 kernel for a few token rows (8-bit column steps), for the decode steps of
+  generation, where every weight is read once per token.
 
 The choice is made by timing every applicable candidate on a calibration activation for each distinct layer
 kind (shape, structure, density) and keeping the fastest one whose output matches the dense masked product; a
@@ -29,6 +29,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import activations as hf_activations
 
 from ..layers import SparseConv1D, SparseMixin
 from ..patching import sparse_modules
@@ -46,6 +47,14 @@ FEED_FORWARD_PAIRS: Dict[str, Tuple[str, str]] = {
     "bert": ("intermediate.dense", "output.dense"),
     "roberta": ("intermediate.dense", "output.dense"),
     "gpt2": ("mlp.c_fc", "mlp.c_proj"),
+}
+#: Per ``config.model_type``: a projection whose output only goes through an element-wise activation module, and
+#: that module (names relative to the block). With ``fuse_activations`` the converted projection applies the
+#: activation itself (`SparseInferenceLinear.activation`) and the module becomes ``nn.Identity``.
+ACTIVATION_AFTER: Dict[str, Tuple[str, str]] = {
+    "bert": ("intermediate.dense", "intermediate.intermediate_act_fn"),
+    "roberta": ("intermediate.dense", "intermediate.intermediate_act_fn"),
+    "gpt2": ("mlp.c_fc", "mlp.act"),
 }
 #: Row counts at which the few-rows (decode) representation is raced against the main one to find where it stops
 #: winning; `SparseInferenceLinear.few_rows` is the last count it won, in a row.
@@ -90,6 +99,45 @@ class MethodChoice:
     decode_method: Optional[str] = None
     decode_timings: Dict[str, float] = field(default_factory=dict)
     few_rows: int = 0
+
+
+def activation_name(module: nn.Module) -> Optional[str]:
+    """The `hf_sparse.kernels.inference_linear.ACTIVATIONS` name of the function ``module`` computes, or ``None``
+    when it is not one of them (then it is left alone).
+
+    Example:
+        >>> activation_name(transformers.activations.NewGELUActivation())
+        'gelu_tanh'
+    """
+    if isinstance(module, nn.GELU):
+        return "gelu" if module.approximate == "none" else "gelu_tanh"
+    if isinstance(module, nn.ReLU):
+        return "relu"
+    if isinstance(module, (hf_activations.NewGELUActivation, hf_activations.GELUTanh)):
+        return "gelu_tanh"  # GPT-2's gelu_new; both compute 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))
+    if isinstance(module, hf_activations.GELUActivation):
+        return "gelu"  # its C (F.gelu) and Python (erf) forms are the same function
+    return None
+
+
+def _activations_to_fuse(model: nn.Module, names: Iterable[str]) -> Dict[str, Tuple[str, str]]:
+    """``{layer name: (activation name, activation module name)}`` for the layers of ``names`` that
+    `ACTIVATION_AFTER` pairs with a supported activation module."""
+    pair = ACTIVATION_AFTER.get(getattr(getattr(model, "config", None), "model_type", None))
+    if pair is None:
+        return {}
+    layer, act = pair
+    fused = {}
+    for name in names:
+        if name == layer or name.endswith("." + layer):
+            act_path = name[: len(name) - len(layer)] + act
+            try:
+                found = activation_name(model.get_submodule(act_path))
+            except AttributeError:  # e.g. a plain function assigned as the activation: not a module
+                continue
+            if found is not None:
+                fused[name] = (found, act_path)
+    return fused
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -214,6 +262,7 @@ def to_cpu_inference_(
     seed: int = 0,
     packed_ffn: bool = True,
     decode_tokens: Optional[int] = 1,
+    fuse_activations: bool = True,
 ) -> Dict[str, MethodChoice]:
     """Converts every sparse layer of ``model`` to its fastest measured CPU inference representation, in place.
 
@@ -237,6 +286,10 @@ def to_cpu_inference_(
             model types in `FEED_FORWARD_PAIRS` and when both projections use a Numba panel kernel.
         decode_tokens: Rows of the decode race (the batch size you generate with), at most 16; ``None`` skips it
             (encoder-only use).
+        fuse_activations: Move the element-wise activation after a feed-forward block's first projection into the
+            converted layer (model types in `ACTIVATION_AFTER`, activations `activation_name` knows): the decode
+            kernel applies it while its outputs are in cache, and one Python module call per block goes away. The
+            activation module is replaced by ``nn.Identity``.
 
     Returns:
         ``{layer kind: MethodChoice}``, keyed like ``"3072x768 block 16x16 (l1) density=0.1000"`` (``[out, in]``).
@@ -274,6 +327,7 @@ def to_cpu_inference_(
     generator = torch.Generator().manual_seed(seed)
     cold = sum(layer.weight.numel() for layer in layers.values()) * 4 > EVICT_BYTES
     choices: Dict[str, MethodChoice] = {}
+    fused = _activations_to_fuse(model, layers) if fuse_activations else {}
     plan = []
     for name, layer in layers.items():
         weight = linear_weight(layer)
@@ -288,9 +342,16 @@ def to_cpu_inference_(
         choice.layers.append(name)
         block = layer.structure.block_size if "bsr" in f"{choice.method} {choice.decode_method}" else 1
         few = choice.decode_method if choice.few_rows else None
-        plan.append((name, SparseInferenceLinear(weight, layer.bias, choice.method, block, few, choice.few_rows)))
+        activation = fused[name][0] if name in fused else None
+        plan.append((name, SparseInferenceLinear(weight, layer.bias, choice.method, block, few, choice.few_rows,
+                                                 activation)))
     _share_panels(model, dict(plan), packed_ffn)
     for name, module in plan:  # everything built: only now touch the model
         _replace(model, name, module)
+    for _, act_path in fused.values():
+        _replace(model, act_path, nn.Identity())
+    if fused:
+        logger.info("CPU inference: %d activation modules fused into the layer before them (%s).", len(fused),
+                    ", ".join(sorted({a for a, _ in fused.values()})))
     model._hf_sparse_inference = choices
     return choices

@@ -27,6 +27,11 @@ NUMBA_METHODS = ("numba_csr", "numba_bsr", "numba_sell")
 #: Panels per thread from which a CSR layer with an unshared row-major input packs each panel inside its task
 #: (`csr_matmul_unpacked`) rather than in a separate pass: below it the tasks, whole panels, would leave threads idle.
 IN_TASK_PACKING_PANELS_PER_THREAD = 2
+#: Element-wise activations a layer can apply to its own output (``activation=``), so that a model's separate
+#: activation module can be dropped: the decode kernel applies it per thread while the outputs are in cache.
+#: ``"gelu"`` is the erf GELU, ``"gelu_tanh"`` its tanh approximation (GPT-2's ``gelu_new``).
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu")
+_TORCH_ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": functools.partial(F.gelu, approximate="tanh"), "relu": F.relu}
 #: Per Python thread: torch's thread count when Numba's was last set to follow it (``.torch``), and Numba's (``.numba``).
 _THREADS = threading.local()
 
@@ -108,6 +113,7 @@ class SparseInferenceLinear(nn.Module):
         block_size: Block side for the BSR methods.
         few_rows_method: Method for inputs of at most ``few_rows`` rows (decode steps); ``None`` uses ``method``.
         few_rows: Largest row count (tokens x batch) that goes to ``few_rows_method``.
+        activation: One of `ACTIVATIONS` applied to the output (after the bias), or ``None``.
 
     Example:
         >>> layer = SparseInferenceLinear(torch.eye(4), None, "torch_csr")
@@ -116,9 +122,11 @@ class SparseInferenceLinear(nn.Module):
     """
 
     def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], method: str, block_size: int = 1,
-                 few_rows_method: Optional[str] = None, few_rows: int = 0):
+                 few_rows_method: Optional[str] = None, few_rows: int = 0, activation: Optional[str] = None):
         super().__init__()
         check_method(method, tuple(weight.shape), block_size)
+        if activation is not None and activation not in ACTIVATIONS:
+            raise ValueError(f"Unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)} or None.")
         if few_rows_method is not None:
             check_method(few_rows_method, tuple(weight.shape), block_size)
             if few_rows < 1:
@@ -136,6 +144,8 @@ class SparseInferenceLinear(nn.Module):
         self.few_rows = int(few_rows) if self.few_rows_method else 0
         self._few = _Representation(weight, self.few_rows_method, self.block_size) if self.few_rows_method else None
         self.dtype = weight.dtype
+        self.activation = activation
+        self._act_code = 0 if activation is None else ACTIVATIONS.index(activation) + 1  # `_numba_rows.ACT_*`
         # The Numba kernels start each output row at its bias (zeros when there is none).
         self._bias_array = (torch.zeros(self.out_features, dtype=weight.dtype) if self.bias is None
                             else self.bias.detach()).numpy()
@@ -174,9 +184,9 @@ class SparseInferenceLinear(nn.Module):
         x2 = np.ascontiguousarray((x.detach() if x.requires_grad else x).numpy().reshape(-1, self.in_features))
         y = np.empty((x2.shape[0], self.out_features), dtype=x2.dtype)
         if _THREADS.numba > 1:
-            rows.sell_rows_matmul(*rep.arrays, self._bias_array, x2, y, _THREADS.numba)
+            rows.sell_rows_matmul(*rep.arrays, self._bias_array, x2, y, _THREADS.numba, self._act_code)
         else:
-            rows.sell_rows_matmul_serial(*rep.arrays, self._bias_array, x2, y)
+            rows.sell_rows_matmul_serial(*rep.arrays, self._bias_array, x2, y, self._act_code)
         return torch.from_numpy(y.reshape(*x.shape[:-1], self.out_features))
 
     def _panel_forward(self, rep: _Representation, x: torch.Tensor) -> torch.Tensor:
@@ -229,19 +239,22 @@ class SparseInferenceLinear(nn.Module):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"Expected input with last dimension {self.in_features}, got shape {tuple(x.shape)}.")
         numel = x.numel()
-        if not numel:
+        if not numel:  # every activation in ACTIVATIONS maps 0 to 0
             return x.new_zeros(*x.shape[:-1], self.out_features)
         rep = self._few if numel <= self.few_rows * self.in_features else self._main  # few_rows is 0 without one
         if rep.method == "numba_sell":
-            return self._rows_forward(rep, x)
+            return self._rows_forward(rep, x)  # applies the activation in the kernel
         if rep.method in NUMBA_METHODS:
-            return self._panel_forward(rep, x)
-        y = self._torch_matmul(rep, x.reshape(-1, self.in_features))
-        return y.reshape(*x.shape[:-1], self.out_features)
+            y = self._panel_forward(rep, x)
+        else:
+            y = self._torch_matmul(rep, x.reshape(-1, self.in_features)).reshape(*x.shape[:-1], self.out_features)
+        # Element-wise ops keep a packed output's strides, so the next layer still reads it without a copy.
+        return y if self.activation is None else _TORCH_ACTIVATIONS[self.activation](y)
 
     def extra_repr(self) -> str:
         density = self.nnz / (self.out_features * self.in_features)
         block = f", block_size={self.block_size}" if "bsr" in (self.method + str(self.few_rows_method)) else ""
         few = f", few_rows_method={self.few_rows_method} (<= {self.few_rows} rows)" if self.few_rows_method else ""
+        act = f", activation={self.activation}" if self.activation else ""
         return (f"in_features={self.in_features}, out_features={self.out_features}, method={self.method}{block}"
-                f"{few}, density={density:.4f}")
+                f"{few}{act}, density={density:.4f}")
