@@ -53,7 +53,8 @@ def model_row(args, name: str, sparsity: float) -> float:
     config = BertConfig(num_hidden_layers=args.layers)  # bert-base-uncased sizes
     model = BertModel(config, add_pooling_layer=False).eval()
     sparsify_(model, SparsityConfig(sparsity=sparsity, mask_init="magnitude", **STRUCTURES[name]))
-    result = benchmark_inference(model, args.batch, args.seq, args.repeats, methods=args.methods)
+    result = benchmark_inference(model, args.batch, args.seq, args.repeats, methods=args.methods,
+                                  fuse_activations=not args.no_fuse_activations)
     methods = ", ".join(f"{key.split(' ')[0]}:{c.method}" for key, c in result.choices.items())
     print(f"{name:<13}{sparsity:>9.2f}{result.dense_seconds * 1e3:>10.1f}{result.sparse_seconds * 1e3:>11.1f}"
           f"{result.speedup:>8.2f}x{result.max_abs_diff:>11.1e}  {methods}", flush=True)
@@ -97,6 +98,8 @@ def main() -> None:
     parser.add_argument("--layer-only", action="store_true", help="time single-layer kernels instead of BERT")
     parser.add_argument("--threads", type=int, default=None, help="torch/numba threads (default: all cores)")
     parser.add_argument("--rounds", type=int, default=1, help="measure the whole table this many times")
+    parser.add_argument("--no-fuse-activations", action="store_true",
+                        help="keep the activation modules (to_cpu_inference_(fuse_activations=False))")
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error(f"--rounds must be >= 1, got {args.rounds}.")

@@ -45,7 +45,7 @@ def build(args, structure: str, sparsity: float) -> GPT2LMHeadModel:
 def run(args, structure: str, sparsity: float):
     model = build(args, structure, sparsity)
     result = benchmark_generation(model, batch_size=args.batch, prompt_len=args.prompt, new_tokens=args.new,
-                                  repeats=args.repeats)
+                                  repeats=args.repeats, fuse_activations=not args.no_fuse_activations)
     d, s = result.new_tokens / result.dense_seconds, result.new_tokens / result.sparse_seconds
     methods = " ".join(f"{key.split(' ')[0]}:{SHORT[c.method]}/{SHORT.get(c.decode_method, '-')}"
                        for key, c in result.choices.items())
@@ -66,6 +66,8 @@ def main() -> None:
     parser.add_argument("--structures", nargs="+", choices=sorted(STRUCTURES), default=["unstructured", "block16"])
     parser.add_argument("--threads", type=int, default=None, help="torch/numba threads (default: all cores)")
     parser.add_argument("--rounds", type=int, default=1, help="measure the whole table this many times")
+    parser.add_argument("--no-fuse-activations", action="store_true",
+                        help="keep the activation modules (to_cpu_inference_(fuse_activations=False))")
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error(f"--rounds must be >= 1, got {args.rounds}.")

@@ -143,3 +143,22 @@ def test_bert_packed_feed_forward_with_fused_gelu():
     with torch.inference_mode():
         torch.testing.assert_close(converted(ids).last_hidden_state, model(ids).last_hidden_state,
                                    rtol=1e-4, atol=1e-4)
+
+
+@needs_numba
+@pytest.mark.parametrize("fuse", [True, False])
+def test_benchmark_generation_passes_the_fusion_choice_on(monkeypatch, fuse):
+    from hf_sparse.kernels import benchmark as bench
+
+    seen = []
+    real = bench.to_cpu_inference_
+
+    def spy(model, **kwargs):
+        choices = real(model, **kwargs)
+        seen.append((kwargs["fuse_activations"], type(model.transformer.h[0].mlp.act)))
+        return choices
+
+    monkeypatch.setattr(bench, "to_cpu_inference_", spy)
+    result = bench.benchmark_generation(_gpt2(), prompt_len=8, new_tokens=4, repeats=1, fuse_activations=fuse)
+    assert result.same_tokens
+    assert seen == [(fuse, nn.Identity if fuse else hf_activations.NewGELUActivation)]

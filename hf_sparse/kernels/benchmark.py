@@ -76,6 +76,7 @@ def benchmark_inference(
     repeats: int = 5,
     methods: Optional[Iterable[str]] = None,
     seed: int = 0,
+    fuse_activations: bool = True,
 ) -> InferenceBenchmark:
     """Times a sparse transformers model's CPU forward pass, dense vs converted, in one run.
 
@@ -90,6 +91,8 @@ def benchmark_inference(
         repeats: Timed forward passes per model (the best one counts).
         methods: Candidate representations (see `to_cpu_inference_`).
         seed: Seed of the random input.
+        fuse_activations: Passed to `to_cpu_inference_` (``False`` measures the sparse layers without the fused
+            activation; the dense side always runs the model's own activation modules).
 
     Returns:
         An `InferenceBenchmark` (``.speedup`` = dense time / sparse time).
@@ -110,8 +113,9 @@ def benchmark_inference(
 
     dense = densify_(copy.deepcopy(model)).eval()
     sparse = copy.deepcopy(model).eval()
+    # One forward of batch x seq tokens: no decode steps to race.
     choices = to_cpu_inference_(sparse, methods=methods, calibration_tokens=batch_size * seq_len, seed=seed,
-                                decode_tokens=None)  # one forward of batch x seq tokens: no decode steps
+                                decode_tokens=None, fuse_activations=fuse_activations)
     with torch.inference_mode():
         diff = float((_first_tensor(dense(input_ids)) - _first_tensor(sparse(input_ids))).abs().max())
         times = time_round_robin({"dense": lambda: dense(input_ids), "sparse": lambda: sparse(input_ids)}, repeats)
@@ -155,6 +159,7 @@ def benchmark_generation(
     new_tokens: int = 48,
     repeats: int = 5,
     seed: int = 0,
+    fuse_activations: bool = True,
 ) -> GenerationBenchmark:
     """Times greedy ``generate`` of a sparse causal LM on the CPU, dense vs converted, interleaved in one run.
 
@@ -169,6 +174,7 @@ def benchmark_generation(
         new_tokens: Generated tokens per sequence.
         repeats: Timed ``generate`` calls per model.
         seed: Seed of the random prompt.
+        fuse_activations: Passed to `to_cpu_inference_` (``False`` keeps the model's activation modules).
 
     Returns:
         A `GenerationBenchmark` (``.speedup`` = sparse tokens/s over dense tokens/s).
@@ -194,7 +200,7 @@ def benchmark_generation(
     dense = densify_(copy.deepcopy(model)).eval()
     sparse = copy.deepcopy(model).eval()
     choices = to_cpu_inference_(sparse, calibration_tokens=batch_size * prompt_len, seed=seed,
-                                decode_tokens=batch_size)
+                                decode_tokens=batch_size, fuse_activations=fuse_activations)
     times: Dict[str, list] = {"dense": [], "sparse": []}
     with torch.inference_mode():
         same = torch.equal(dense.generate(ids, **kwargs), sparse.generate(ids, **kwargs))  # also the warm-up
