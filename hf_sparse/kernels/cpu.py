@@ -120,6 +120,14 @@ def activation_name(module: nn.Module) -> Optional[str]:
     return None
 
 
+def _sibling(name: str, relative: str, other: str) -> Optional[str]:
+    """``name`` with its trailing block-relative path ``relative`` swapped for ``other`` (``None`` when ``name``
+    does not end in ``relative``): ``_sibling("h.0.mlp.c_fc", "mlp.c_fc", "mlp.act") == "h.0.mlp.act"``."""
+    if name == relative or name.endswith("." + relative):
+        return name[: len(name) - len(relative)] + other
+    return None
+
+
 def _activations_to_fuse(model: nn.Module, names: Iterable[str]) -> Dict[str, Tuple[str, str]]:
     """``{layer name: (activation name, activation module name)}`` for the layers of ``names`` that
     `ACTIVATION_AFTER` pairs with a supported activation module."""
@@ -129,8 +137,8 @@ def _activations_to_fuse(model: nn.Module, names: Iterable[str]) -> Dict[str, Tu
     layer, act = pair
     fused = {}
     for name in names:
-        if name == layer or name.endswith("." + layer):
-            act_path = name[: len(name) - len(layer)] + act
+        act_path = _sibling(name, layer, act)
+        if act_path is not None:
             try:
                 found = activation_name(model.get_submodule(act_path))
             except AttributeError:  # e.g. a plain function assigned as the activation: not a module
@@ -249,8 +257,8 @@ def _share_panels(model: nn.Module, converted: Dict[str, SparseInferenceLinear],
         return
     first, second = pair
     for name, module in numba_layers.items():
-        if name == first or name.endswith("." + first):
-            consumer = name[: len(name) - len(first)] + second
+        consumer = _sibling(name, first, second)
+        if consumer is not None:
             module.packed_output = consumer in numba_layers
 
 
